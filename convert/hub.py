@@ -1,0 +1,100 @@
+"""Fetch a checkpoint from the Hugging Face hub: only the files conversion needs, through huggingface_hub's cache."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from synatra_local.core.errors import SynatraError
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+METADATA_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "README.md",
+]
+SAFETENSORS_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
+PYTORCH_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"]
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    folder: Path
+    repo_id: str | None = None
+    revision: str | None = None
+
+
+def looks_like_repo_id(source: str) -> bool:
+    return bool(_REPO_ID.match(source)) and not Path(source).exists()
+
+
+def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
+    """A local folder as it is; a repo id (`owner/name`, optionally `owner/name@rev`) downloaded or cached."""
+    if Path(source).exists():
+        return ResolvedSource(Path(source))
+    repo_id, _, at_revision = source.partition("@")
+    if not _REPO_ID.match(repo_id):
+        raise SynatraError(
+            f"{source} is neither a folder nor a Hugging Face repo id",
+            fix="pass a model folder, or a repo id like maywell/Synatra-7B-v0.3-dpo",
+        )
+    return download_checkpoint(repo_id, revision or at_revision or None)
+
+
+def allow_patterns(repo_files: list[str] | None) -> list[str]:
+    """Metadata plus one weight format: safetensors when the repo has them, else the PyTorch shards."""
+    if repo_files is None:
+        return METADATA_FILES + SAFETENSORS_FILES + PYTORCH_FILES
+    has_safetensors = any(f.endswith(".safetensors") for f in repo_files)
+    return METADATA_FILES + (SAFETENSORS_FILES if has_safetensors else PYTORCH_FILES)
+
+
+def download_checkpoint(repo_id: str, revision: str | None = None) -> ResolvedSource:
+    """Download (resumably, into the hub cache) or reuse a snapshot; offline mode uses the cache only."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import is_offline_mode
+
+    offline = is_offline_mode()
+    try:
+        repo_files = None
+        if not offline:
+            info = HfApi().model_info(repo_id, revision=revision)
+            repo_files = [s.rfilename for s in info.siblings or []]
+            revision = info.sha or revision
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=allow_patterns(repo_files),
+            local_files_only=offline,
+        )
+    except GatedRepoError as exc:
+        raise SynatraError(
+            f"{repo_id} is gated", fix="accept its terms on the hub and run `hf auth login`"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise SynatraError(f"{repo_id} was not found on the hub", fix="check the repo id") from exc
+    except RevisionNotFoundError as exc:
+        raise SynatraError(f"{repo_id} has no revision {revision}", fix="check --revision") from exc
+    except LocalEntryNotFoundError as exc:
+        raise SynatraError(
+            f"{repo_id} is not in the local hub cache and downloads are off (HF_HUB_OFFLINE)",
+            fix="download it once while online, or pass a local folder",
+        ) from exc
+    except OSError as exc:
+        raise SynatraError(
+            f"could not download {repo_id}: {exc}", fix="check the network and try again"
+        ) from exc
+    path = Path(folder)
+    return ResolvedSource(path, repo_id=repo_id, revision=path.name if revision is None else revision)

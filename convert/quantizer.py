@@ -1,0 +1,121 @@
+"""Quantize with llama.cpp's own quantizer: several outputs from one unquantized intermediate written once."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from synatra_local.core import llama_backend
+from synatra_local.core.atomic import atomic_output, ensure_free_space
+from synatra_local.core.errors import SynatraError
+from synatra_local.core.progress import Progress, SilentProgress
+
+DEFAULT_TYPES = ("Q4_K_M", "Q8_0")
+# Approximate bits per weight of each file type, for the free-space check before writing.
+_BITS_PER_WEIGHT = {
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "Q8_0": 8.5,
+    "Q6_K": 6.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q5_0": 5.5,
+    "Q5_1": 6.0,
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q4_0": 4.5,
+    "Q4_1": 5.0,
+    "Q3_K_L": 4.3,
+    "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5,
+    "Q2_K": 3.4,
+}
+_UNQUANTIZED = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
+
+
+def file_types() -> dict[str, int]:
+    """llama.cpp file types by name: Q4_K_M, Q8_0, Q5_K_M, IQ4_XS, F16, ..."""
+    types = {}
+    for member in gguf.LlamaFileType:
+        name = member.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        if name not in {"GUESSED", "MXFP4_MOE", "NVFP4"}:
+            types[name] = int(member)
+    return types
+
+
+def parse_type(name: str) -> tuple[str, int]:
+    types = file_types()
+    key = name.strip().upper()
+    if key not in types:
+        raise SynatraError(
+            f"unknown quantization type {name!r}", fix=f"choose from {', '.join(sorted(types))}"
+        )
+    return key, types[key]
+
+
+@dataclass(frozen=True)
+class UnquantizedGGUF:
+    path: Path
+    name: str
+    parameters: int
+
+
+def read_unquantized(path: Path) -> UnquantizedGGUF:
+    """Check that a GGUF can be quantized (its matrices are F32/F16/BF16) and read its name and size."""
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as exc:
+        raise SynatraError(
+            f"{path} is not a readable GGUF file ({exc})", fix="pass a GGUF written by convert"
+        ) from exc
+    quantized = [t.name for t in reader.tensors if t.tensor_type not in _UNQUANTIZED]
+    if quantized:
+        raise SynatraError(
+            f"{path} is already quantized (e.g. {quantized[0]} is {reader.get_tensor(0).tensor_type.name})",
+            fix="quantize from the unquantized F16/BF16/F32 GGUF or from the Hugging Face checkpoint",
+        )
+    field = reader.get_field("general.name")
+    name = field.contents() if field is not None else path.stem
+    return UnquantizedGGUF(path, str(name), sum(int(t.n_elements) for t in reader.tensors))
+
+
+def output_name(stem: str, type_name: str) -> str:
+    return f"{stem}-{type_name}.gguf"
+
+
+def stem_of(gguf_path: Path) -> str:
+    """`synatra-7b-v0.1-F16.gguf` → `synatra-7b-v0.1`."""
+    return re.sub(r"-(F32|F16|BF16)$", "", gguf_path.stem, flags=re.I)
+
+
+def quantize_gguf(
+    source: Path,
+    outputs: dict[str, Path],
+    *,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Quantize one unquantized GGUF into each `{type name: output path}`; outputs appear whole or not at all."""
+    progress = progress or SilentProgress()
+    info = read_unquantized(source)
+    for path in outputs.values():
+        if path.exists() and not force:
+            raise SynatraError(f"{path} already exists", fix="pass --force to overwrite it")
+    needed = sum(int(info.parameters * _BITS_PER_WEIGHT.get(t, 16) / 8 * 1.05) for t in outputs)
+    ensure_free_space(next(iter(outputs.values())).parent, needed, what="the quantized files")
+    threads = threads or os.cpu_count() or 1
+    written = []
+    for type_name, path in outputs.items():
+        _, ftype = parse_type(type_name)
+        progress.start(f"quantize → {path.name}", None)
+        with atomic_output(path, force=force) as partial:
+            llama_backend.quantize(source, partial, ftype, threads)
+        progress.finish()
+        written.append(path)
+    return written

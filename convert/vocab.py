@@ -1,0 +1,116 @@
+"""The sentencepiece vocabulary of a Llama/Mistral checkpoint, as llama.cpp expects it in GGUF."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+from sentencepiece import SentencePieceProcessor
+
+from synatra_local.core.errors import CheckpointError
+
+TokenType = gguf.TokenType
+
+
+@dataclass
+class Vocabulary:
+    tokens: list[bytes]
+    scores: list[float]
+    types: list[int]
+    special: gguf.SpecialVocab
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def token_id(self, text: str) -> int | None:
+        try:
+            return self.tokens.index(text.encode("utf-8"))
+        except ValueError:
+            return None
+
+    def add_to_gguf(self, writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(self.tokens)
+        writer.add_token_scores(self.scores)
+        writer.add_token_types(self.types)
+        self.special.add_to_gguf(writer, quiet=True)
+
+
+def load_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+    """Read `tokenizer.model` plus added tokens, padded to the model's embedding rows.
+
+    Added tokens marked special (v0.3's `<|im_end|>`, `<|im_start|>`) become CONTROL tokens so that llama.cpp
+    parses them in prompts and treats `<|im_end|>` as end of turn.
+    """
+    model_path = folder / "tokenizer.model"
+    if not model_path.is_file():
+        raise CheckpointError(
+            f"{model_path} is missing: Synatra and Mistral checkpoints ship a sentencepiece tokenizer.model",
+            fix="download tokenizer.model from the model repository into this folder",
+        )
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(model_path))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{model_path} is not a sentencepiece model ({exc})", fix="re-download it"
+        ) from exc
+
+    size = max(vocab_size, sp.vocab_size())
+    tokens = [f"[PAD{i}]".encode() for i in range(size)]
+    scores = [-1000.0] * size
+    types = [int(TokenType.UNUSED)] * size
+    for i in range(sp.vocab_size()):
+        tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        scores[i] = sp.GetScore(i)
+        types[i] = int(_piece_type(sp, i))
+
+    for token_id, text, special in _added_tokens(folder):
+        if token_id >= size:
+            raise CheckpointError(
+                f"{folder}: added token {text!r} has id {token_id}, beyond the model's {size} embedding rows",
+                fix="check that added_tokens.json belongs to this checkpoint",
+            )
+        if token_id < sp.vocab_size() and tokens[token_id] == text.encode("utf-8"):
+            continue
+        tokens[token_id] = text.encode("utf-8")
+        scores[token_id] = -1000.0
+        types[token_id] = int(TokenType.CONTROL if special else TokenType.USER_DEFINED)
+
+    return Vocabulary(tokens, scores, types, gguf.SpecialVocab(folder, n_vocab=size))
+
+
+def _piece_type(sp: SentencePieceProcessor, i: int) -> TokenType:
+    if sp.IsUnknown(i):
+        return TokenType.UNKNOWN
+    if sp.IsControl(i):
+        return TokenType.CONTROL
+    if sp.IsUnused(i):
+        return TokenType.UNUSED
+    if sp.IsByte(i):
+        return TokenType.BYTE
+    return TokenType.NORMAL
+
+
+def _added_tokens(folder: Path) -> list[tuple[int, str, bool]]:
+    """Added tokens from tokenizer_config.json (which knows which are special) and added_tokens.json."""
+    found: dict[int, tuple[str, bool]] = {}
+    added_json = folder / "added_tokens.json"
+    if added_json.is_file():
+        for text, token_id in _read_json(added_json).items():
+            found[int(token_id)] = (text, True)
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        for token_id, entry in (_read_json(config).get("added_tokens_decoder") or {}).items():
+            found[int(token_id)] = (entry["content"], bool(entry.get("special", False)))
+    return [(i, text, special) for i, (text, special) in sorted(found.items())]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})", fix="re-download it") from exc

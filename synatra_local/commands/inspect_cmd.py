@@ -1,0 +1,66 @@
+"""`synatra-local inspect FILE.gguf`: what a GGUF holds, without loading its weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._app import run_app
+from .options import ModelArg
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Architecture, size, parameters, tensor types, prompt format, chat template and license."""
+    from synatra_local.core.atomic import format_bytes
+    from synatra_local.core.gguf_info import read_model_info
+    from synatra_local.runtime.store import resolve_model
+
+    info = read_model_info(resolve_model(model))
+    if as_json:
+        data = asdict(info)
+        data.pop("tensors")
+        data["path"] = str(info.path)
+        data["tensor_types"] = info.tensor_types
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("file", str(info.path)),
+        ("size", format_bytes(info.file_bytes)),
+        ("name", info.name or "-"),
+        ("architecture", info.architecture),
+        ("parameters", f"{info.parameters:,}"),
+        ("file type", info.file_type or "-"),
+        ("tensor types", ", ".join(f"{k}×{v}" for k, v in info.tensor_types.items())),
+        ("layers / heads / kv heads", f"{info.block_count} / {info.head_count} / {info.head_count_kv}"),
+        ("context length", str(info.context_length)),
+        ("prompt format", info.prompt_format or "- (detected at load)"),
+        ("chat template", _first_line(info.chat_template)),
+        ("license", info.license or "-"),
+        ("source", " @ ".join(filter(None, [info.source_repo, info.source_revision])) or "-"),
+    ]
+    for key, val in rows:
+        table.add_row(f"[bold]{key}[/]", val)
+    Console().print(table)
+
+
+def _first_line(text: str | None) -> str:
+    if not text:
+        return "-"
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= 80 else line[:77] + "..."
+
+
+def main(argv: list[str]) -> int:
+    return run_app(app, argv, "inspect")

@@ -1,0 +1,233 @@
+"""The one module that talks to llama.cpp (through llama-cpp-python): loading, tokens, sampling, quantizing."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from .errors import ModelFileError, SynatraError
+
+_recent_errors: deque[str] = deque(maxlen=20)
+_verbose = False
+
+
+@llama_cpp.llama_log_callback
+def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp is silent unless asked; its errors are kept so that ours can quote them."""
+    message = text.decode("utf-8", errors="replace")
+    if _verbose:
+        sys.stderr.write(message)
+    elif level == 3:
+        _recent_errors.append(message.strip())
+
+
+llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+
+
+def set_verbose(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def binding_version() -> str:
+    return llama_cpp.__version__
+
+
+def supports_gpu_offload() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str
+    free_bytes: int
+    total_bytes: int
+
+
+def devices() -> list[Device]:
+    """Every ggml backend device (CPU, CUDA GPUs, ...) with its free and total memory."""
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"))
+    base = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}.get(base.ggml_backend_dev_type(dev), "other")
+        found.append(
+            Device(
+                name=(base.ggml_backend_dev_name(dev) or b"").decode(),
+                description=(base.ggml_backend_dev_description(dev) or b"").decode(),
+                kind=kind,
+                free_bytes=free.value,
+                total_bytes=total.value,
+            )
+        )
+    return found
+
+
+def quantize(source: Path, output: Path, ftype: int, threads: int) -> None:
+    """llama.cpp's own quantizer (`llama_model_quantize`), run in a thread so Ctrl-C stays responsive."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = ftype
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(
+            llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(output), ctypes.byref(params))
+        ),
+        daemon=True,
+    )
+    _recent_errors.clear()
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if not result or result[0] != 0:
+        detail = "; ".join(_recent_errors) or "llama.cpp reported a failure"
+        raise SynatraError(
+            f"quantizing {source} failed: {detail}", fix="check that it is an unquantized GGUF"
+        )
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+
+
+class LlamaModel:
+    """A loaded GGUF with one context: tokenizer, KV cache reuse across calls, and token-by-token sampling."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_gpu_layers: int = 0,
+        seed: int = 0xFFFFFFFF,
+        logits_all: bool = False,
+    ) -> None:
+        _recent_errors.clear()
+        try:
+            self._llama = llama_cpp.Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_gpu_layers=n_gpu_layers,
+                seed=seed,
+                logits_all=logits_all,
+                verbose=_verbose,
+            )
+        except (ValueError, RuntimeError) as exc:
+            detail = "; ".join(_recent_errors) or str(exc)
+            raise ModelFileError(
+                f"llama.cpp could not load {path}: {detail}", fix="re-convert or re-download it"
+            ) from exc
+        finally:
+            llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+        self._vocab = self._llama._model.vocab
+        self.evaluated_tokens = 0
+        original_eval = self._llama.eval
+
+        def counting_eval(tokens: list[int]) -> None:
+            self.evaluated_tokens += len(tokens)
+            original_eval(tokens)
+
+        self._llama.eval = counting_eval  # type: ignore[method-assign]
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llama.n_ctx()
+
+    @property
+    def n_vocab(self) -> int:
+        return self._llama.n_vocab()
+
+    @property
+    def bos_id(self) -> int:
+        return self._llama.token_bos()
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llama.metadata)
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        return [int(t) for t in self._llama._input_ids]
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for in generated text; control tokens stand for nothing."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n] if n > 0 else b""
+
+    def token_text(self, token: int) -> str:
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def set_seed(self, seed: int) -> None:
+        self._llama.set_seed(seed)
+
+    def generate(self, tokens: list[int], sampling: SamplingParams) -> Iterator[int]:
+        """Sample tokens after `tokens`, reusing the longest cached prefix of the KV cache."""
+        return self._llama.generate(
+            tokens,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
+        )
+
+    def evaluate(self, tokens: list[int]) -> None:
+        """Run the prompt from scratch (used to read logits)."""
+        self._llama.reset()
+        self._llama.eval(tokens)
+
+    def logits(self) -> object:
+        """Logits of every evaluated position, [n_tokens, n_vocab] (needs `logits_all=True`)."""
+        return self._llama.scores[: self._llama.n_tokens]
+
+    def close(self) -> None:
+        self._llama.close()

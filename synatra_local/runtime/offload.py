@@ -1,0 +1,117 @@
+"""How many layers to put on the GPU: estimated from the GGUF's tensor sizes, the KV cache and free VRAM."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from synatra_local.core import llama_backend
+from synatra_local.core.errors import SynatraError
+from synatra_local.core.gguf_info import ModelInfo
+
+MIB = 1 << 20
+CUDA_INSTALL = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
+)
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """Bytes llama.cpp puts on the device per repeating layer and for the output layer."""
+
+    layer_bytes: list[int]
+    output_bytes: int
+    kv_bytes_per_layer: int
+    compute_bytes: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.layer_bytes) + self.output_bytes + self.kv_bytes_per_layer * len(self.layer_bytes)
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    layers: int
+    total_layers: int
+    reason: str
+
+
+def footprint(info: ModelInfo, n_ctx: int, n_batch: int = 512) -> ModelFootprint:
+    n_layers = info.block_count or 0
+    per_layer = [0] * n_layers
+    output = 0
+    for t in info.tensors:
+        found = _LAYER.match(t.name)
+        if found and int(found.group(1)) < n_layers:
+            per_layer[int(found.group(1))] += t.n_bytes
+        elif t.name.startswith("output"):
+            output += t.n_bytes
+    heads = info.head_count or 1
+    head_dim = (info.embedding_length or 0) // heads
+    kv_per_layer = 2 * n_ctx * (info.head_count_kv or heads) * head_dim * 2
+    vocab = next(
+        (
+            t.n_elements // max(info.embedding_length or 1, 1)
+            for t in info.tensors
+            if t.name == "token_embd.weight"
+        ),
+        32000,
+    )
+    compute = n_batch * vocab * 4 + heads * n_ctx * n_batch * 4
+    return ModelFootprint(per_layer, output, kv_per_layer, compute)
+
+
+def choose_layers(
+    fp: ModelFootprint,
+    request: str | int,
+    *,
+    can_offload: bool,
+    free_vram: int | None,
+) -> OffloadPlan:
+    """The decision, kept free of devices so it can be tested with any VRAM figure."""
+    n = len(fp.layer_bytes)
+    everything = n + 1
+    request = str(request).strip().lower()
+    if request not in {"auto", "all"} and not request.lstrip("-").isdigit():
+        raise SynatraError(
+            f"--gpu-layers {request!r} is not auto, all or a number", fix="e.g. --gpu-layers auto"
+        )
+    if request == "0":
+        return OffloadPlan(0, everything, "CPU only (--gpu-layers 0)")
+    if not can_offload:
+        why = "this llama.cpp build has no GPU offload; running on the CPU"
+        if request != "auto":
+            why += f" (install the CUDA build: {CUDA_INSTALL})"
+        return OffloadPlan(0, everything, why)
+    if request == "all":
+        return OffloadPlan(everything, everything, f"all {everything} layers on the GPU (--gpu-layers all)")
+    if request != "auto":
+        layers = min(int(request), everything)
+        return OffloadPlan(layers, everything, f"{layers} of {everything} layers on the GPU (--gpu-layers)")
+    if not free_vram:
+        return OffloadPlan(0, everything, "no GPU memory reported; running on the CPU")
+    headroom = max(512 * MIB, free_vram // 20)
+    available = free_vram - headroom - fp.compute_bytes
+    if fp.total <= available:
+        return OffloadPlan(
+            everything, everything, f"all {everything} layers fit in {free_vram // MIB} MiB free VRAM"
+        )
+    layers, used = 0, 0
+    for size in fp.layer_bytes:
+        if used + size + fp.kv_bytes_per_layer > available:
+            break
+        used += size + fp.kv_bytes_per_layer
+        layers += 1
+    return OffloadPlan(
+        layers, everything, f"{layers} of {everything} layers fit in {free_vram // MIB} MiB free VRAM (auto)"
+    )
+
+
+def plan_offload(info: ModelInfo, request: str | int, *, n_ctx: int, n_batch: int = 512) -> OffloadPlan:
+    can = llama_backend.supports_gpu_offload()
+    free = None
+    if can:
+        gpus = [d for d in llama_backend.devices() if d.kind in {"gpu", "igpu"}]
+        free = max((d.free_bytes for d in gpus), default=None)
+    return choose_layers(footprint(info, n_ctx, n_batch), request, can_offload=can, free_vram=free)

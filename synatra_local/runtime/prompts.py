@@ -1,0 +1,95 @@
+"""From messages to prompt tokens: the template the model expects, BOS exactly once, KV-friendly reuse."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from synatra_local.core.errors import SynatraError
+from synatra_local.core.gguf_info import ModelInfo
+from synatra_local.core.llama_backend import LlamaModel
+from synatra_local.core.model_meta import detect_prompt_format
+
+from .templates import BUILTIN_FORMATS, JINJA, Message, PromptTemplate, builtin_template, jinja_template
+
+# A GGUF that names no format and carries no template: Mistral's own [INST] format is the safest guess.
+FALLBACK_FORMAT = "synatra-v0.2"
+
+
+def select_template(info: ModelInfo, model: LlamaModel, override: str | None = None) -> PromptTemplate:
+    """`override` (a format name or a .jinja file), else what the converter recorded, else the GGUF's template."""
+    bos, eos = model.token_text(model.bos_id), model.token_text(_eos_id(model))
+    name = override or info.prompt_format or detect_prompt_format(info.chat_template)
+    if name is None:
+        name = JINJA if info.chat_template else FALLBACK_FORMAT
+    if name in BUILTIN_FORMATS:
+        return builtin_template(name, bos_token=bos, eos_token=eos)
+    if name == JINJA:
+        if not info.chat_template:
+            raise SynatraError(
+                f"{info.path} has no chat_template", fix="choose --template synatra-v0.1, ... "
+            )
+        return jinja_template(info.chat_template, bos_token=bos, eos_token=eos)
+    path = Path(name)
+    if path.suffix == ".jinja" and path.is_file():
+        return jinja_template(path.read_text(encoding="utf-8"), bos_token=bos, eos_token=eos)
+    raise SynatraError(
+        f"unknown template {name!r}",
+        fix=f"choose one of {', '.join(BUILTIN_FORMATS + (JINJA,))} or a .jinja file",
+    )
+
+
+def _eos_id(model: LlamaModel) -> int:
+    return int(model.metadata.get("tokenizer.ggml.eos_token_id", 2))
+
+
+@dataclass
+class _Remembered:
+    messages: list[Message]
+    text: str
+    tokens: list[int]
+
+
+class PromptBuilder:
+    """Renders and tokenizes conversations, extending the previous turn's exact tokens when it can.
+
+    After a reply that ended at the model's end-of-turn token, the next prompt of the same conversation is
+    the previous prompt, the model's own reply tokens, that end token, and only the new text tokenized: so
+    turn N evaluates only its new tokens. The end token is special, so tokenizing the new text on its own
+    gives the same ids as tokenizing the whole rendered prompt.
+    """
+
+    def __init__(self, model: LlamaModel, template: PromptTemplate) -> None:
+        self._model = model
+        self._template = template
+        self._remembered: _Remembered | None = None
+
+    def render(self, messages: Sequence[Message]) -> str:
+        return self._template.render(messages, add_generation_prompt=True)
+
+    def build(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
+        text = self.render(messages)
+        known = self._remembered
+        if (
+            known is not None
+            and len(messages) > len(known.messages)
+            and list(messages[: len(known.messages)]) == known.messages
+            and text.startswith(known.text)
+        ):
+            return text, known.tokens + self._tokenize(text[len(known.text) :], add_bos=False)
+        add_bos = self._model.adds_bos and not self._template.bos_in_text
+        return text, self._tokenize(text, add_bos=add_bos)
+
+    def tokens(self, messages: Sequence[Message]) -> list[int]:
+        return self.build(messages)[1]
+
+    def remember(self, messages: Sequence[Message], prompt_text: str, reply: str, tokens: list[int]) -> None:
+        """Record a finished turn: `tokens` are the prompt, the reply tokens and the end-of-turn token."""
+        end_text = self._model.token_text(tokens[-1])
+        self._remembered = _Remembered(
+            list(messages) + [{"role": "assistant", "content": reply}], prompt_text + reply + end_text, tokens
+        )
+
+    def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return self._model.tokenize(text, add_bos=add_bos, special=True)

@@ -1,0 +1,232 @@
+"""Prompt formats of the Synatra versions, rendered byte-exactly as the models were trained.
+
+Formats:
+
+* ``synatra-v0.1``: ``<s>[INST] q1 [\\INST] a1</s>[INST] q2 [\\INST] `` -- the training data had a typo
+  (a backslash, and a trailing space after ``[\\INST]``), so the model only behaves with the typo.
+* ``synatra-v0.2``: the Mistral-Instruct form ``<s>[INST] q1 [/INST]a1</s>[INST] q2 [/INST]``.
+* ``chatml`` (v0.3): ``<|im_start|>role\\ncontent<|im_end|>\\n`` turns; BOS is added by the tokenizer as a
+  token, not by the template, so ``bos_in_text`` is False.
+* ``jinja``: a checkpoint's own ``chat_template``, rendered exactly as transformers renders it; it is the
+  ground truth whenever a checkpoint ships one.
+
+v0.1 and v0.2 have no system role: a system prompt is merged into the FIRST user message as
+``system + "\\n\\n" + user``. ChatML has a native system turn. After the optional leading system message,
+roles must alternate user/assistant, starting with user.
+
+The built-in renderers are append-only: rendering ``history + [reply, next_user]`` starts with
+``render(history) + reply``, so a runtime can keep the KV cache of the previous turn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypedDict
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
+from synatra_local.core.errors import SynatraError
+
+V01 = "synatra-v0.1"
+V02 = "synatra-v0.2"
+CHATML = "chatml"
+JINJA = "jinja"
+BUILTIN_FORMATS = (V01, V02, CHATML)
+
+INST_MARKERS = ("[INST]", "[\\INST]", "[/INST]")
+CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
+
+# A backslash INST in a Jinja source may be written escaped ('[\\INST]') inside a string literal.
+_V01_IN_SOURCE = re.compile(r"\[\\+INST\]")
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+class ChatTemplateError(SynatraError, ValueError):
+    """A conversation the template cannot render, or a chat template that does not compile."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One prompt format: how to render a conversation and which turn markers must never reach the user.
+
+    ``bos_in_text`` tells the caller that the rendered text already starts with the BOS string, so it must
+    not add a BOS token again (BOS exactly once).
+    """
+
+    name: str
+    stop_markers: tuple[str, ...]
+    bos_in_text: bool
+    _renderer: Callable[[Sequence[Message], bool], str] = field(repr=False, compare=False)
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """Render the conversation; with ``add_generation_prompt`` the text ends where the reply begins."""
+        return self._renderer(messages, add_generation_prompt)
+
+
+def detect_format(chat_template: str | None) -> str | None:
+    """Guess the built-in format a checkpoint's Jinja template mirrors, from its turn markers."""
+    if not chat_template:
+        return None
+    if _V01_IN_SOURCE.search(chat_template):
+        return V01
+    if "[/INST]" in chat_template:
+        return V02
+    if "<|im_start|>" in chat_template:
+        return CHATML
+    return None
+
+
+def _split_system(messages: Sequence[Message]) -> tuple[str | None, list[Message]]:
+    """Validate roles and return (system prompt, alternating user/assistant turns)."""
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise ChatTemplateError(
+                f"message {index} has unknown role {role!r}", fix="use 'system', 'user' or 'assistant'"
+            )
+        if not isinstance(message.get("content"), str):
+            raise ChatTemplateError(f"message {index} ({role}) has no text content")
+    system = None
+    turns = list(messages)
+    if turns and turns[0]["role"] == "system":
+        system = turns.pop(0)["content"]
+    for index, message in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            position = index + (system is not None)
+            raise ChatTemplateError(
+                f"message {position} is {message['role']!r} but {expected!r} was expected",
+                fix="after an optional leading system message, roles must alternate user/assistant",
+            )
+    return system, turns
+
+
+def _render_inst(messages: Sequence[Message], closing: str, bos: str, eos: str) -> str:
+    """Mistral-style turns; ``closing`` is ' [\\INST] ' for v0.1 and ' [/INST]' for v0.2."""
+    system, turns = _split_system(messages)
+    if system is not None and not turns:
+        raise ChatTemplateError(
+            "a system prompt needs a user message to merge into", fix="add a user message after it"
+        )
+    parts = [bos]
+    for index, message in enumerate(turns):
+        if message["role"] == "user":
+            content = message["content"]
+            if index == 0 and system is not None:
+                content = system + "\n\n" + content
+            parts.append("[INST] " + content + closing)
+        else:
+            parts.append(message["content"] + eos)
+    return "".join(parts)
+
+
+def _render_chatml(messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    _split_system(messages)
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def builtin_template(name: str, *, bos_token: str = "<s>", eos_token: str = "</s>") -> PromptTemplate:
+    """The hand-written renderer of one Synatra format, for checkpoints that ship no chat template."""
+    if name in (V01, V02):
+        closing = " [\\INST] " if name == V01 else " [/INST]"
+        return PromptTemplate(
+            name=name,
+            stop_markers=(*INST_MARKERS, eos_token),
+            bos_in_text=True,
+            _renderer=lambda messages, _gen: _render_inst(messages, closing, bos_token, eos_token),
+        )
+    if name == CHATML:
+        return PromptTemplate(
+            name=name, stop_markers=CHATML_MARKERS, bos_in_text=False, _renderer=_render_chatml
+        )
+    raise ChatTemplateError(f"unknown prompt format {name!r}", fix=f"use one of {', '.join(BUILTIN_FORMATS)}")
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(f"chat template refused the conversation: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _compile(source: str) -> jinja2.Template:
+    """Compile like transformers does, so a checkpoint's template renders exactly as it does there."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as error:
+        raise ChatTemplateError(
+            f"chat template does not compile: {error.message} (line {error.lineno})",
+            fix="fix chat_template in tokenizer_config.json or choose a built-in format",
+        ) from error
+
+
+def _jinja_markers(source: str, eos_token: str) -> tuple[str, ...]:
+    """Turn markers the template uses (by detection), plus the EOS text."""
+    detected = detect_format(source)
+    markers: list[str] = []
+    if detected in (V01, V02):
+        markers += INST_MARKERS
+    elif detected == CHATML:
+        markers += CHATML_MARKERS
+    else:
+        markers += [m for m in (*INST_MARKERS, *CHATML_MARKERS) if m in source]
+    if eos_token and eos_token not in markers:
+        markers.append(eos_token)
+    return tuple(markers)
+
+
+def jinja_template(source: str, *, bos_token: str, eos_token: str) -> PromptTemplate:
+    """A checkpoint's own Jinja ``chat_template``, the ground truth for its prompt format."""
+    compiled = _compile(source)
+
+    def render(messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        try:
+            return compiled.render(
+                messages=list(messages),
+                bos_token=bos_token,
+                eos_token=eos_token,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except ChatTemplateError:
+            raise
+        except Exception as error:
+            raise ChatTemplateError(f"chat template failed to render: {error}") from error
+
+    try:
+        probe = render([{"role": "user", "content": "x"}], True)
+        bos_in_text = bool(bos_token) and probe.startswith(bos_token)
+    except ChatTemplateError:
+        bos_in_text = bool(bos_token) and "bos_token" in source
+    return PromptTemplate(
+        name=JINJA, stop_markers=_jinja_markers(source, eos_token), bos_in_text=bos_in_text, _renderer=render
+    )
