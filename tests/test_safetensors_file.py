@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from synatra_local.convert import safetensors_file
 from synatra_local.convert.safetensors_file import read_safetensors, write_safetensors
-
 from synatra_local.core.errors import CheckpointError
 
 REAL_MEMMAP = np.memmap

@@ -12,8 +12,8 @@ import jinja2.ext
 import jinja2.sandbox
 import pytest
 import sentencepiece as spm
-from synatra_local.convert.reference_chat_templates import CHAT_TEMPLATES
 
+from synatra_local.convert.reference_chat_templates import CHAT_TEMPLATES
 from synatra_local.core.errors import SynatraError
 from synatra_local.runtime.templates import (
     Message,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synatra_local.convert.torch_zip import read_torch_checkpoint, write_torch_checkpoint
 
+from synatra_local.convert.torch_zip import read_torch_checkpoint, write_torch_checkpoint
 from synatra_local.core.errors import CheckpointError
 
 DATA = Path(__file__).parent / "data"

@@ -35,7 +35,6 @@ def quantize(
 ) -> None:
     """Quantize with llama.cpp's quantizer; prints each file written, one per line."""
     from synatra_local.convert import quantize as quantize_model
-
     from synatra_local.runtime.store import models_dir
 
     paths = quantize_model(
