@@ -115,3 +115,14 @@ def plan_offload(info: ModelInfo, request: str | int, *, n_ctx: int, n_batch: in
         gpus = [d for d in llama_backend.devices() if d.kind in {"gpu", "igpu"}]
         free = max((d.free_bytes for d in gpus), default=None)
     return choose_layers(footprint(info, n_ctx, n_batch), request, can_offload=can, free_vram=free)
+
+
+def recommend_quantization(free_vram: int, free_ram: int) -> str:
+    """For a 7B model: Q8_0 where it fits a GPU whole, else Q4_K_M (the fastest good choice on CPU)."""
+    if free_vram >= 10 * (1 << 30):
+        return "Q8_0 (fits the GPU whole)"
+    if free_vram >= 6 * (1 << 30):
+        return "Q4_K_M (fits the GPU whole)"
+    if free_ram >= 6 * (1 << 30):
+        return "Q4_K_M (CPU; ~4.4 GB)"
+    return "Q4_K_M, with a smaller --ctx (little free memory)"

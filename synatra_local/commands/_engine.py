@@ -1,0 +1,58 @@
+"""Building an Engine and generation options from the shared command-line options."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._app import stderr
+
+if TYPE_CHECKING:
+    from synatra_local.runtime.engine import Engine, GenerationOptions, GenerationStats
+
+
+def load_engine(
+    model: str, *, ctx: int, threads: int | None, gpu_layers: str, template: str | None, verbose: bool, batch: int = 512
+) -> Engine:
+    from synatra_local.runtime.engine import Engine
+
+    with stderr.status(f"loading {model}…", spinner="dots"):
+        engine = Engine(
+            model, n_ctx=ctx, threads=threads, batch=batch, gpu_layers=gpu_layers, template=template, verbose=verbose
+        )
+    if verbose or engine.offload.layers:
+        stderr.print(f"[dim]{engine.offload.reason}; template {engine.template.name}[/]")
+    return engine
+
+
+def generation_options(
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repeat_penalty: float,
+    seed: int | None,
+    stop: list[str] | None,
+) -> GenerationOptions:
+    from synatra_local.runtime.engine import GenerationOptions
+
+    return GenerationOptions(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=seed,
+        stop=tuple(stop or ()),
+    )
+
+
+def format_stats(stats: GenerationStats) -> str:
+    return (
+        f"prompt {stats.prompt_tokens} tok ({stats.evaluated_prompt_tokens} evaluated), "
+        f"reply {stats.generated_tokens} tok, first token {stats.time_to_first_token * 1000:.0f} ms, "
+        f"{stats.tokens_per_second:.1f} tok/s, stop: {stats.stop_reason}"
+        + (f", dropped {stats.dropped_turns} old turn(s)" if stats.dropped_turns else "")
+    )

@@ -1,0 +1,73 @@
+"""`synatra-local run MODEL PROMPT`: one reply, streamed to stdout."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ._app import run_app, stderr
+from ._engine import format_stats, generation_options, load_engine
+from .options import (
+    Batch,
+    Ctx,
+    GpuLayers,
+    MaxTokens,
+    MinP,
+    ModelArg,
+    RepeatPenalty,
+    Seed,
+    Stop,
+    System,
+    Temperature,
+    Template,
+    Threads,
+    TopK,
+    TopP,
+    Verbose,
+)
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def run(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Argument(help="The message; `-` reads it from stdin.")],
+    system: System = None,
+    template: Template = None,
+    max_tokens: MaxTokens = 512,
+    temperature: Temperature = 0.7,
+    top_p: TopP = 0.95,
+    top_k: TopK = 40,
+    min_p: MinP = 0.05,
+    repeat_penalty: RepeatPenalty = 1.1,
+    seed: Seed = None,
+    stop: Stop = None,
+    ctx: Ctx = 4096,
+    threads: Threads = None,
+    gpu_layers: GpuLayers = "auto",
+    batch: Batch = 512,
+    verbose: Verbose = False,
+) -> None:
+    """Answer one prompt with the model's own chat template; the reply streams to stdout."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
+                         batch=batch)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    options = generation_options(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        repeat_penalty=repeat_penalty, seed=seed, stop=stop,
+    )
+    with engine.stream(messages, options) as generation:
+        for piece in generation:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    if verbose:
+        stderr.print(format_stats(generation.stats))
+
+
+def main(argv: list[str]) -> int:
+    return run_app(app, argv, "run")
