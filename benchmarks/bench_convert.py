@@ -65,7 +65,8 @@ def main() -> None:
     drop_caches()
     cli = [sys.executable, "-m", "synatra_local"]
     f16 = out / "model-F16.gguf"
-    convert_s, convert_peak = run_measured(cli + ["convert", str(folder), "-o", str(f16), "--outtype", "f16", "--quiet"])
+    convert_argv = cli + ["convert", str(folder), "-o", str(f16), "--outtype", "f16", "--quiet"]
+    convert_s, convert_peak = run_measured(convert_argv)
 
     ours: dict[str, tuple[float, int]] = {}
     for qtype in ("Q4_K_M", "Q8_0"):

@@ -26,7 +26,7 @@ _EXPORTS = {
     "Conversation": "synatra_local.runtime.conversation",
     "SynatraError": "synatra_local.core.errors",
 }
-__all__ = list(_EXPORTS)
+__all__ = ["Conversation", "Engine", "GenerationOptions", "GenerationStats", "Reply", "SynatraError"]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,7 +46,8 @@ def doctor(
         plan = plan_offload(info, gpu_layers, n_ctx=ctx)
         fp = footprint(info, ctx)
         print(f"model           {info.path} ({info.file_type}, {info.parameters / 1e9:.2f} B parameters)")
-        print(f"needs           {fp.total / GIB:.2f} GiB weights+KV at ctx {ctx}, compute {fp.compute_bytes / GIB:.2f} GiB")
+        print(f"needs           {fp.total / GIB:.2f} GiB weights+KV at ctx {ctx}, "
+              f"compute {fp.compute_bytes / GIB:.2f} GiB")
         print(f"gpu layers      {plan.layers} of {plan.total_layers}: {plan.reason}")
 
 

@@ -55,7 +55,9 @@ class Conversation:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SynatraError(f"cannot load a conversation from {path} ({exc})", fix="pass a file made by /save") from exc
+            raise SynatraError(
+                f"cannot load a conversation from {path} ({exc})", fix="pass a file made by /save"
+            ) from exc
         self.system = data.get("system")
         self.messages = messages  # type: ignore[assignment]
 
