@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from synatra_local.core.errors import CheckpointError
 
+from .files import read_json
 from .safetensors_file import read_safetensors
 from .tensors import SourceTensor
 from .torch_zip import read_torch_checkpoint
@@ -99,7 +99,7 @@ def open_checkpoint(folder: Path, *, repo_id: str | None = None, revision: str |
         raise CheckpointError(
             f"{config_path} is missing", fix="a Hugging Face model folder needs its config.json"
         )
-    config = _read_json(config_path)
+    config = read_json(config_path)
     architectures = config.get("architectures") or []
     architecture = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
     if architecture is None:
@@ -130,7 +130,7 @@ def open_checkpoint(folder: Path, *, repo_id: str | None = None, revision: str |
 def _find_weight_files(folder: Path) -> list[Path]:
     for single, index in WEIGHT_LAYOUTS:
         if (folder / index).is_file():
-            weight_map = _read_json(folder / index).get("weight_map") or {}
+            weight_map = read_json(folder / index).get("weight_map") or {}
             shards = sorted(set(weight_map.values()))
             if not shards:
                 raise CheckpointError(f"{folder / index} lists no shards", fix="re-download the index file")
@@ -155,7 +155,7 @@ def _check_index(folder: Path, tensors: dict[str, SourceTensor]) -> None:
     for _, index in WEIGHT_LAYOUTS:
         if not (folder / index).is_file():
             continue
-        for name, shard in (_read_json(folder / index).get("weight_map") or {}).items():
+        for name, shard in (read_json(folder / index).get("weight_map") or {}).items():
             found = tensors.get(name)
             if found is None or found.file.name != shard:
                 raise CheckpointError(
@@ -172,10 +172,3 @@ def _readme_license(readme: Path) -> str | None:
     front = re.match(r"^---\n(.*?)\n---", text, re.S)
     found = re.search(r"^license:\s*(\S+)", front.group(1), re.M) if front else None
     return found.group(1).strip("'\"") if found else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})", fix="re-download it") from exc

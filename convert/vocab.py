@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import gguf
 from sentencepiece import SentencePieceProcessor
 
 from synatra_local.core.errors import CheckpointError
+
+from .files import read_json
 
 TokenType = gguf.TokenType
 
@@ -100,17 +101,10 @@ def _added_tokens(folder: Path) -> list[tuple[int, str, bool]]:
     found: dict[int, tuple[str, bool]] = {}
     added_json = folder / "added_tokens.json"
     if added_json.is_file():
-        for text, token_id in _read_json(added_json).items():
+        for text, token_id in read_json(added_json).items():
             found[int(token_id)] = (text, True)
     config = folder / "tokenizer_config.json"
     if config.is_file():
-        for token_id, entry in (_read_json(config).get("added_tokens_decoder") or {}).items():
+        for token_id, entry in (read_json(config).get("added_tokens_decoder") or {}).items():
             found[int(token_id)] = (entry["content"], bool(entry.get("special", False)))
     return [(i, text, special) for i, (text, special) in sorted(found.items())]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})", fix="re-download it") from exc

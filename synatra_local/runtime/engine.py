@@ -294,6 +294,6 @@ class Engine:
             tail = shown + scanner.flush()
             if tail:
                 yield tail
-        if turn is not None and end_token is not None:
+        if turn is not None and stats.stop_reason != "stop":
             messages, prompt_text = turn
-            self._prompts.remember(messages, prompt_text, detokenizer.text, tokens + reply + [end_token])
+            self._prompts.remember(messages, prompt_text, detokenizer.text, tokens + reply, end_token)

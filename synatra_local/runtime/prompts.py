@@ -49,6 +49,12 @@ class _Remembered:
     messages: list[Message]
     text: str
     tokens: list[int]
+    ends_special: bool
+
+
+def _is_one_special_token(model: LlamaModel, text: str) -> bool:
+    ids = model.tokenize(text, add_bos=False, special=True)
+    return len(ids) == 1 and not model.token_bytes(ids[0])
 
 
 class PromptBuilder:
@@ -64,6 +70,8 @@ class PromptBuilder:
         self._model = model
         self._template = template
         self._remembered: _Remembered | None = None
+        candidates = {model.token_text(model.bos_id), model.token_text(_eos_id(model)), *template.stop_markers}
+        self._special_texts = tuple(t for t in candidates if t and _is_one_special_token(model, t))
 
     def render(self, messages: Sequence[Message]) -> str:
         return self._template.render(messages, add_generation_prompt=True)
@@ -76,6 +84,7 @@ class PromptBuilder:
             and len(messages) > len(known.messages)
             and list(messages[: len(known.messages)]) == known.messages
             and text.startswith(known.text)
+            and self._starts_fresh(known, text[len(known.text) :])
         ):
             return text, known.tokens + self._tokenize(text[len(known.text) :], add_bos=False)
         add_bos = self._model.adds_bos and not self._template.bos_in_text
@@ -84,12 +93,21 @@ class PromptBuilder:
     def tokens(self, messages: Sequence[Message]) -> list[int]:
         return self.build(messages)[1]
 
-    def remember(self, messages: Sequence[Message], prompt_text: str, reply: str, tokens: list[int]) -> None:
-        """Record a finished turn: `tokens` are the prompt, the reply tokens and the end-of-turn token."""
-        end_text = self._model.token_text(tokens[-1])
+    def remember(
+        self, messages: Sequence[Message], prompt_text: str, reply: str, tokens: list[int], end_token: int | None
+    ) -> None:
+        """Record a finished turn: the prompt tokens, the reply's own tokens and its end token, if it had one."""
+        end_text = self._model.token_text(end_token) if end_token is not None else ""
         self._remembered = _Remembered(
-            list(messages) + [{"role": "assistant", "content": reply}], prompt_text + reply + end_text, tokens
+            list(messages) + [{"role": "assistant", "content": reply}],
+            prompt_text + reply + end_text,
+            tokens + ([end_token] if end_token is not None else []),
+            end_token is not None,
         )
+
+    def _starts_fresh(self, known: _Remembered, new_text: str) -> bool:
+        """New text may be tokenized on its own only at a special-token boundary, where ids cannot merge."""
+        return known.ends_special or new_text.startswith(self._special_texts)
 
     def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         return self._model.tokenize(text, add_bos=add_bos, special=True)

@@ -21,7 +21,6 @@ The built-in renderers are append-only: rendering ``history + [reply, next_user]
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +31,7 @@ import jinja2.ext
 import jinja2.sandbox
 
 from synatra_local.core.errors import SynatraError
+from synatra_local.core.model_meta import detect_prompt_format as detect_format
 
 V01 = "synatra-v0.1"
 V02 = "synatra-v0.2"
@@ -42,8 +42,6 @@ BUILTIN_FORMATS = (V01, V02, CHATML)
 INST_MARKERS = ("[INST]", "[\\INST]", "[/INST]")
 CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
 
-# A backslash INST in a Jinja source may be written escaped ('[\\INST]') inside a string literal.
-_V01_IN_SOURCE = re.compile(r"\[\\+INST\]")
 
 
 class Message(TypedDict):
@@ -71,19 +69,6 @@ class PromptTemplate:
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """Render the conversation; with ``add_generation_prompt`` the text ends where the reply begins."""
         return self._renderer(messages, add_generation_prompt)
-
-
-def detect_format(chat_template: str | None) -> str | None:
-    """Guess the built-in format a checkpoint's Jinja template mirrors, from its turn markers."""
-    if not chat_template:
-        return None
-    if _V01_IN_SOURCE.search(chat_template):
-        return V01
-    if "[/INST]" in chat_template:
-        return V02
-    if "<|im_start|>" in chat_template:
-        return CHATML
-    return None
 
 
 def _split_system(messages: Sequence[Message]) -> tuple[str | None, list[Message]]:

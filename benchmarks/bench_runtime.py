@@ -1,0 +1,133 @@
+"""Runtime benchmark: this engine against llama.cpp driven directly, and time to first token across turns.
+
+In one run, on one GGUF (the 7B-shaped Q4_K_M that bench_convert.py makes, or a tiny model if absent):
+  1. prompt tokens/s and decode tokens/s through `Engine.stream` vs the binding's low-level loop
+     (`llama_decode` on a batch, greedy `llama_sampler`), same threads, same prompt, same number of tokens;
+  2. time to first token at turn 1 and turn 10 of a conversation whose new messages have equal length.
+Targets: decode and prompt ≥ 0.98× llama.cpp; turn-10 TTFT ≤ 1.2× turn-1 TTFT.
+Usage: python benchmarks/bench_runtime.py [--model PATH] [--threads N] [--prompt-tokens N] [--tokens N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import machine  # noqa: E402
+
+DEFAULT_7B = Path(__file__).parent / "work" / "7b" / "out" / "model-Q4_K_M.gguf"
+
+
+def tiny_model(folder: Path) -> Path:
+    from synatra_local.convert import quantize
+    from synatra_local.convert.tiny import build_checkpoint
+
+    checkpoint = build_checkpoint(folder / "Synatra-V0.1-tiny", version="v0.1")
+    return quantize(checkpoint, ["Q4_K_M"], output_dir=folder)[0]
+
+
+def reference(path: Path, prompt: list[int], n_decode: int, threads: int, n_ctx: int) -> tuple[float, float]:
+    """Prompt and decode tokens/s of llama.cpp through the binding's C API, with no Python layer of ours."""
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, 512, 512
+    cparams.n_threads = cparams.n_threads_batch = threads
+    ctx = llama_cpp.llama_init_from_model(model, cparams)
+    sampler = llama_cpp.llama_sampler_init_greedy()
+    start = time.perf_counter()
+    for i in range(0, len(prompt), 512):
+        chunk = (llama_cpp.llama_token * len(prompt[i : i + 512]))(*prompt[i : i + 512])
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(chunk, len(prompt[i : i + 512])))
+    prompt_s = time.perf_counter() - start
+    token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
+    one = (llama_cpp.llama_token * 1)()
+    start = time.perf_counter()
+    for _ in range(n_decode - 1):
+        one[0] = token
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1))
+        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
+    decode_s = time.perf_counter() - start
+    llama_cpp.llama_sampler_free(sampler)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+    return len(prompt) / prompt_s, (n_decode - 1) / decode_s
+
+
+def ours(path: Path, text: str, n_decode: int, threads: int, n_ctx: int) -> tuple[float, float, int]:
+    from synatra_local.runtime.engine import Engine, GenerationOptions
+
+    engine = Engine(path, n_ctx=n_ctx, threads=threads, gpu_layers=0)
+    tokens = engine._model.tokenize(text, add_bos=True, special=False)
+    generation = engine.complete(text, GenerationOptions(max_tokens=n_decode, temperature=0.0, repeat_penalty=1.0))
+    for _ in generation:
+        pass
+    s = generation.stats
+    engine.close()
+    return s.prompt_tokens / s.time_to_first_token, s.tokens_per_second, len(tokens)
+
+
+def ttft_turns(path: Path, threads: int, turns: int = 10) -> list[float]:
+    from synatra_local.runtime.engine import Engine, GenerationOptions
+
+    engine = Engine(path, n_ctx=4096, threads=threads, gpu_layers=0)
+    engine.chat([{"role": "user", "content": "warm-up"}], GenerationOptions(max_tokens=2))
+    messages: list[dict[str, str]] = []
+    firsts = []
+    for i in range(turns):
+        question = f"질문 {i % 10}: 대한민국 헌법 제{i % 10}조는 무엇을 정하고 있나요?"
+        messages.append({"role": "user", "content": question})
+        generation = engine.stream(messages, GenerationOptions(max_tokens=16, seed=i))
+        reply = "".join(generation)
+        firsts.append(generation.stats.time_to_first_token)
+        messages.append({"role": "assistant", "content": reply})
+    engine.close()
+    return firsts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+
+    from synatra_local.core import llama_backend
+
+    llama_backend.set_verbose(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model or (DEFAULT_7B if DEFAULT_7B.is_file() else tiny_model(Path(tmp)))
+        text = (Path(__file__).parent.parent / "tests" / "data" / "constitution_ko.txt").read_text(encoding="utf-8")
+        from synatra_local.core.llama_backend import LlamaModel
+
+        n_ctx = 4096
+        model = LlamaModel(path, n_ctx=n_ctx)
+        chars = len(text) * args.prompt_tokens // len(model.tokenize(text, add_bos=True, special=False))
+        prompt_text = text[:chars]
+        prompt_ids = model.tokenize(prompt_text, add_bos=True, special=False)
+        model.close()
+        our_prompt, our_decode, n_prompt = ours(path, prompt_text, args.tokens, args.threads, n_ctx)
+        ref_prompt, ref_decode = reference(path, prompt_ids, args.tokens, args.threads, n_ctx)
+        firsts = ttft_turns(path, args.threads)
+
+    print(f"\nmachine: {machine()}; model {path.name}; threads {args.threads}")
+    print(f"{'measure':<30}{'llama.cpp':>12}{'synatra-local':>15}{'ratio':>8}")
+    print(f"{'prompt tok/s (' + str(n_prompt) + ' tokens)':<30}{ref_prompt:>12.1f}{our_prompt:>15.1f}"
+          f"{our_prompt / ref_prompt:>8.2f}")
+    print(f"{'decode tok/s (' + str(args.tokens) + ' tokens)':<30}{ref_decode:>12.1f}{our_decode:>15.1f}"
+          f"{our_decode / ref_decode:>8.2f}")
+    print(f"TTFT turn 1: {firsts[0] * 1000:.0f} ms; turn {len(firsts)}: {firsts[-1] * 1000:.0f} ms; "
+          f"ratio {firsts[-1] / firsts[0]:.2f} (target ≤ 1.2)")
+
+
+if __name__ == "__main__":
+    main()
