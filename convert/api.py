@@ -66,21 +66,23 @@ def quantize(
     for path in outputs.values():
         if path.exists() and not force:
             raise SynatraError(f"{path} already exists", fix="pass --force to overwrite it")
-    outtype = resolve_outtype("auto", checkpoint)
-    kept = output_dir / output_name(stem, outtype.upper())
-    intermediate = kept if keep_intermediate else output_dir / f".{stem}.intermediate.gguf"
+    outtype = resolve_outtype("auto", checkpoint).upper()
+    # When the unquantized type is itself asked for, the intermediate is that output.
+    keep = keep_intermediate or outtype in outputs
+    kept = outputs.pop(outtype, output_dir / output_name(stem, outtype))
+    intermediate = kept if keep else output_dir / f".{stem}.intermediate.gguf"
     try:
         write_gguf(
             checkpoint,
             intermediate,
-            outtype=outtype,
+            outtype=outtype.lower(),
             prompt_format=prompt_format,
-            force=force or not keep_intermediate,
+            force=force or not keep,
             progress=progress,
         )
         written = quantize_gguf(intermediate, outputs, threads=threads, force=force, progress=progress)
     finally:
-        if not keep_intermediate:
+        if not keep:
             with contextlib.suppress(FileNotFoundError):
                 intermediate.unlink()
-    return written + ([kept] if keep_intermediate else [])
+    return written + ([kept] if keep else [])

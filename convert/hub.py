@@ -57,16 +57,15 @@ def allow_patterns(repo_files: list[str] | None) -> list[str]:
 
 def download_checkpoint(repo_id: str, revision: str | None = None) -> ResolvedSource:
     """Download (resumably, into the hub cache) or reuse a snapshot; offline mode uses the cache only."""
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from huggingface_hub.utils import is_offline_mode
 
-    offline = is_offline_mode()
+    offline = constants.is_offline_mode()
     try:
         repo_files = None
         if not offline:
@@ -92,9 +91,10 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> ResolvedSo
             f"{repo_id} is not in the local hub cache and downloads are off (HF_HUB_OFFLINE)",
             fix="download it once while online, or pass a local folder",
         ) from exc
-    except OSError as exc:
+    except Exception as exc:  # the network boundary: a refused connection, a timeout, an HTTP error, ...
         raise SynatraError(
-            f"could not download {repo_id}: {exc}", fix="check the network and try again"
+            f"could not download {repo_id}: {type(exc).__name__}: {exc}", fix="check the network and try again"
         ) from exc
     path = Path(folder)
-    return ResolvedSource(path, repo_id=repo_id, revision=path.name if revision is None else revision)
+    # The snapshot folder is named after the commit it holds, whatever branch or tag was asked for.
+    return ResolvedSource(path, repo_id=repo_id, revision=path.name)

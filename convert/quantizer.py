@@ -73,10 +73,10 @@ def read_unquantized(path: Path) -> UnquantizedGGUF:
         raise SynatraError(
             f"{path} is not a readable GGUF file ({exc})", fix="pass a GGUF written by convert"
         ) from exc
-    quantized = [t.name for t in reader.tensors if t.tensor_type not in _UNQUANTIZED]
+    quantized = [t for t in reader.tensors if t.tensor_type not in _UNQUANTIZED]
     if quantized:
         raise SynatraError(
-            f"{path} is already quantized (e.g. {quantized[0]} is {reader.get_tensor(0).tensor_type.name})",
+            f"{path} is already quantized (e.g. {quantized[0].name} is {quantized[0].tensor_type.name})",
             fix="quantize from the unquantized F16/BF16/F32 GGUF or from the Hugging Face checkpoint",
         )
     field = reader.get_field("general.name")
@@ -103,6 +103,8 @@ def quantize_gguf(
 ) -> list[Path]:
     """Quantize one unquantized GGUF into each `{type name: output path}`; outputs appear whole or not at all."""
     progress = progress or SilentProgress()
+    if not outputs:
+        return []
     info = read_unquantized(source)
     for path in outputs.values():
         if path.exists() and not force:

@@ -81,7 +81,10 @@ def load_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
         scores[token_id] = -1000.0
         types[token_id] = int(TokenType.CONTROL if special else TokenType.USER_DEFINED)
 
-    return Vocabulary(tokens, scores, types, gguf.SpecialVocab(folder, n_vocab=size))
+    special = gguf.SpecialVocab(folder, n_vocab=size)
+    # SpecialVocab finds <unk> only in a tokenizer.json, which Synatra repos do not ship.
+    special.special_token_ids.setdefault("unk", sp.unk_id())
+    return Vocabulary(tokens, scores, types, special)
 
 
 def _piece_type(sp: SentencePieceProcessor, i: int) -> TokenType:

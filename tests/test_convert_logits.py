@@ -25,8 +25,8 @@ import gguf
 import numpy as np
 import pytest
 import sentencepiece as spm
-
 from reference_forward import mistral_logits
+
 from synatra_local.convert import gguf_export
 from synatra_local.convert.api import convert
 from synatra_local.convert.checkpoint import open_checkpoint
@@ -116,7 +116,10 @@ def built(logits_root: Path, prompt_tokens: list[int]) -> dict[str, tuple[Path, 
     for seed, layout in enumerate(LAYOUTS, start=7):
         folder = build_checkpoint(
             logits_root / f"Synatra-V0.1-{layout.id}",
-            weights=layout.weights, dtype=layout.dtype, shards=layout.shards, seed=seed,
+            weights=layout.weights,
+            dtype=layout.dtype,
+            shards=layout.shards,
+            seed=seed,
         )
         found[layout.id] = (folder, reference_logits(folder, prompt_tokens))
     return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -14,26 +13,21 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def run_app(app: typer.Typer, argv: list[str], name: str) -> int:
-    """Run a one-command Typer app; SynatraError and Ctrl-C exit cleanly, with no traceback."""
+    """Run a one-command Typer app; usage errors exit 2, SynatraError and OSError 1, Ctrl-C 130, no traceback."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name=f"synatra-local {name}", standalone_mode=False)
+        command.main(args=argv, prog_name=f"synatra-local {name}", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SynatraError as exc:
         report_error(exc)
         return 1
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return 130
+    except OSError as exc:
+        report_error(SynatraError(str(exc), fix="check the path, its permissions and the free disk space"))
+        return 1
     except KeyboardInterrupt:
         stderr.print("interrupted", style="yellow")
         return 130
-    except BrokenPipeError:
-        sys.stderr.close()
-        return 1
     return 0
 
 

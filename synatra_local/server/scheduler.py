@@ -11,6 +11,7 @@ the lock passes on only once the worker has closed the generation, so the engine
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
 class _Pipe:
     """Text pieces from the worker thread to the event loop; the loop is woken only when it waits."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, wake_each: bool = True) -> None:
         self._loop = loop
+        self._wake_each = wake_each
         self._lock = threading.Lock()
         self._pieces: list[str] = []
         self._done = False
@@ -34,6 +36,8 @@ class _Pipe:
     def put(self, piece: str) -> None:
         with self._lock:
             self._pieces.append(piece)
+            if not self._wake_each:
+                return
             waiter, self._waiter = self._waiter, None
         self._wake(waiter)
 
@@ -60,10 +64,8 @@ class _Pipe:
 
     def _wake(self, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
                 self._loop.call_soon_threadsafe(_resolve, waiter)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -86,11 +88,13 @@ class Scheduler:
     def busy(self) -> bool:
         return self._lock.locked()
 
-    async def pieces(self, generation: Generation) -> AsyncIterator[str]:
-        """The generation's text as it arrives (pieces may be merged when the reader falls behind).
+    async def pieces(self, generation: Generation, *, interval: float | None = 0.0) -> AsyncIterator[str]:
+        """The generation's text as it arrives, at most one piece per `interval` seconds.
 
-        Waits for its turn first. Leaving the loop early (a cancelled task, a closed iterator) cancels the
-        generation; the engine is released within one token.
+        Text that arrives within `interval` of the previous piece (or while the reader is busy) is merged into
+        the next one, so a very fast model does not cost an event per token; `None` gives the whole text in one
+        piece at the end. Waits for its turn first. Leaving the loop early (a cancelled task, a closed
+        iterator) cancels the generation; the engine is released within one token.
         """
         self.waiting += 1
         try:
@@ -101,7 +105,7 @@ class Scheduler:
         finally:
             self.waiting -= 1
         loop = asyncio.get_running_loop()
-        pipe = _Pipe(loop)
+        pipe = _Pipe(loop, wake_each=interval is not None)
 
         def release() -> None:
             self._lock.release()
@@ -121,10 +125,8 @@ class Scheduler:
                 else:
                     self.served += 1
                 pipe.finish(error)
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nothing waits for the lock
                     loop.call_soon_threadsafe(release)
-                except RuntimeError:  # the loop is gone (shutdown): nothing waits for the lock
-                    pass
 
         try:
             loop.run_in_executor(self._executor, work)
@@ -134,7 +136,10 @@ class Scheduler:
             raise
         try:
             while (text := await pipe.get()) is not None:
+                sent = loop.time()
                 yield text
+                if interval and (wait := sent + interval - loop.time()) > 0:
+                    await asyncio.sleep(wait)
         finally:
             generation.cancel()  # a no-op once the generation has finished
 

@@ -1,0 +1,84 @@
+"""`synatra-local serve MODEL`: an OpenAI-compatible HTTP API over one model (needs the `server` extra)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._app import run_app, stderr
+from ._engine import load_engine
+from .options import Batch, Ctx, GpuLayers, ModelArg, Template, Threads, Verbose
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def serve(
+    model: ModelArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0 picks a free one).")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="SYNATRA_LOCAL_API_KEY",
+            help="Require `Authorization: Bearer KEY` on every request but /health.",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow browser requests from this origin (repeatable; default: none)."),
+    ] = None,
+    model_id: Annotated[
+        str | None, typer.Option("--model-id", help="The model name clients see (default: the file name).")
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1, help="Largest request body accepted (larger: 413).")
+    ] = 1 << 20,
+    max_tokens_cap: Annotated[
+        int, typer.Option("--max-tokens-cap", min=1, help="Most tokens one request may ask for.")
+    ] = 2048,
+    ctx: Ctx = 4096,
+    threads: Threads = None,
+    gpu_layers: GpuLayers = "auto",
+    batch: Batch = 512,
+    template: Template = None,
+    verbose: Verbose = False,
+) -> None:
+    """Serve MODEL over HTTP: /v1/chat/completions, /v1/completions, /v1/models and /health.
+
+    Point any OpenAI client at the printed base URL (…/v1). Requests are answered one at a time, in order.
+    """
+    # imported before the model loads: without the `server` extra this fails at once, with the fix
+    from synatra_local.server.run import is_loopback
+    from synatra_local.server.run import serve as serve_engine
+
+    engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
+                         batch=batch)
+    if not is_loopback(host) and not api_key:
+        stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use it")
+
+    def ready(url: str) -> None:
+        stderr.print(f"serving {model_id or engine.path.stem} on {url}  (OpenAI base URL: {url}/v1; Ctrl-C stops)",
+                     markup=False, soft_wrap=True)
+
+    try:
+        serve_engine(
+            engine,
+            model_id=model_id,
+            host=host,
+            port=port,
+            api_key=api_key,
+            cors_origins=cors_origin or (),
+            max_body_bytes=max_body_bytes,
+            max_tokens_cap=max_tokens_cap,
+            verbose=verbose,
+            on_ready=ready,
+        )
+    finally:
+        engine.close()
+
+
+def main(argv: list[str]) -> int:
+    return run_app(app, argv, "serve")

@@ -1,0 +1,353 @@
+"""The runtime commands end to end: `chat` in a real terminal (pexpect), `run`, `list`, `rm`, `doctor`, `demo`.
+
+Every slow process (each loads a model) is started at once by one module fixture, so that they share the
+machine's cores; each test then waits for the results it checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+
+CLI = str(Path(sys.executable).with_name("synatra-local"))
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
+TIMEOUT = 60
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # prompt_toolkit asks the terminal for the cursor position and, unanswered, waits 1 s per prompt for it
+    env.update(TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", PYTHONIOENCODING="utf-8")
+    for name in ("NO_COLOR", "COLUMNS", "LINES"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+class Launched:
+    def __init__(self) -> None:
+        self._procs: dict[str, subprocess.Popen[str]] = {}
+        self._results: dict[str, Result] = {}
+
+    def start(self, name: str, args: list[str], *, stdin: str | None = None, env: dict[str, str] | None = None) -> None:
+        proc = subprocess.Popen(
+            [CLI, *args],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=env or _env(),
+        )
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+            proc.stdin = None
+        self._procs[name] = proc
+
+    def result(self, name: str) -> Result:
+        if name not in self._results:
+            out, err = self._procs[name].communicate(timeout=TIMEOUT * 2)
+            self._results[name] = Result(self._procs[name].returncode, out, err)
+        return self._results[name]
+
+    def kill_all(self) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def launched(tiny_gguf_v01: Path, work: Path) -> Iterator[Launched]:
+    model = str(tiny_gguf_v01)
+    not_gguf = work / "notes.gguf"
+    not_gguf.write_text("these are notes, not a model\n", encoding="utf-8")
+    empty_models = work / "no-models"
+    empty_models.mkdir()
+    quiet = _env(SYNATRA_LOCAL_MODELS=str(empty_models))
+    procs = Launched()
+    procs.start("demo", ["demo", "-o", str(work / "demo"), "-n", "8"])
+    procs.start("run_a", ["run", model, "안녕", "-n", "8", "--seed", "1"])
+    procs.start("run_b", ["run", model, "안녕", "-n", "8", "--seed", "1"])
+    procs.start("run_stdin", ["run", model, "-", "-n", "8", "--seed", "1"], stdin="안녕")
+    procs.start("run_stdin_newline", ["run", model, "-", "-n", "8", "--seed", "1"], stdin="안녕\n")
+    procs.start("run_verbose", ["run", model, "안녕", "-n", "8", "--seed", "1", "--verbose"])
+    procs.start("doctor", ["doctor", model])
+    procs.start("run_missing", ["run", str(work / "missing" / "nothing.gguf"), "안녕"], env=quiet)
+    procs.start("run_missing_name", ["run", "no-such-model", "안녕"], env=quiet)
+    procs.start("run_not_gguf", ["run", str(not_gguf), "안녕"], env=quiet)
+    yield procs
+    procs.kill_all()
+
+
+def _spawn_chat(model: Path, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        CLI,
+        ["chat", str(model), *args],
+        env=_env(),
+        dimensions=(24, 100),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    return child
+
+
+def _submit(child: pexpect.spawn, text: str) -> None:
+    """Type a line and press Enter; returns once prompt_toolkit has accepted it (bracketed paste off)."""
+    child.send(text + "\r")
+    child.expect_exact("\x1b[?2004l")
+
+
+def _until_prompt(child: pexpect.spawn) -> str:
+    """Everything printed until the next `>>>` prompt, without terminal escapes."""
+    child.expect_exact(">>>")
+    return ANSI.sub("", child.before)
+
+
+@pytest.fixture(scope="module")
+def chats(launched: Launched, tiny_gguf_v01: Path) -> Iterator[dict[str, pexpect.spawn]]:
+    sessions = {
+        "short": _spawn_chat(tiny_gguf_v01, "-n", "8", "--seed", "1"),
+        "long": _spawn_chat(tiny_gguf_v01, "-n", "5000", "--seed", "2"),
+    }
+    yield sessions
+    for child in sessions.values():
+        if child.isalive():
+            child.terminate(force=True)
+
+
+# --- chat in a terminal --------------------------------------------------------------------------------
+
+
+def test_chat_korean_turn_stats_reset_exit(chats: dict[str, pexpect.spawn]) -> None:
+    child = chats["short"]
+    banner = _until_prompt(child)
+    assert "template synatra-v0.1" in banner
+    _submit(child, "안녕하세요")
+    assert "안녕하세요" in ANSI.sub("", child.before), "the Korean input is echoed"
+    reply = _until_prompt(child).strip()
+    assert reply, "a reply is printed before the prompt comes back"
+    assert "Traceback" not in reply
+
+    _submit(child, "/stats")
+    stats = _until_prompt(child)
+    assert re.search(r"prompt \d+ tok \(\d+ evaluated\), reply 8 tok", stats), stats
+    assert "stop: max_tokens" in stats
+
+    _submit(child, "/reset")
+    assert "conversation cleared" in _until_prompt(child)
+
+    _submit(child, "/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.fixture(scope="module")
+def interrupted(chats: dict[str, pexpect.spawn]) -> dict[str, object]:
+    """Ctrl-C in the middle of a long reply, then /stats, then Ctrl-D."""
+    child = chats["long"]
+    _until_prompt(child)
+    _submit(child, "아주 긴 대답을 해 주세요")
+    child.expect(r"[^\x1b]{200}")  # the reply is streaming: the model is generating now
+    child.sendintr()
+    child.expect_exact("[stopped]", timeout=30)
+    after = _until_prompt(child)
+    alive = child.isalive()
+    _submit(child, "/stats")
+    stats = _until_prompt(child)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    return {"after": after, "alive": alive, "stats": stats, "exit": child.exitstatus}
+
+
+def test_chat_ctrl_c_stops_the_reply_and_keeps_running(interrupted: dict[str, object]) -> None:
+    assert interrupted["alive"] is True
+    assert "Traceback" not in str(interrupted["after"])
+    stats = str(interrupted["stats"])
+    found = re.search(r"reply (\d+) tok", stats)
+    assert found, stats
+    assert 0 < int(found.group(1)) < 4000, "the reply stopped long before -n 5000 or a full context"
+    assert interrupted["exit"] == 0, "Ctrl-D at the prompt exits cleanly"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="chat_cmd._reply / engine._decode: a reply stopped by Ctrl-C (KeyboardInterrupt through the "
+    "generator) leaves GenerationStats.stop_reason None, so /stats says 'stop: None' instead of 'cancelled'",
+)
+def test_chat_stats_after_ctrl_c_say_cancelled(interrupted: dict[str, object]) -> None:
+    assert "stop: cancelled" in str(interrupted["stats"])
+
+
+# --- run -----------------------------------------------------------------------------------------------
+
+
+def test_run_prints_the_reply_and_repeats_with_a_seed(launched: Launched) -> None:
+    a, b = launched.result("run_a"), launched.result("run_b")
+    assert a.rc == 0, a.err
+    assert a.out.endswith("\n") and a.out.strip()
+    assert a.out == b.out
+    assert "tok/s" not in a.err and "Traceback" not in a.err
+
+
+def test_run_reads_stdin(launched: Launched) -> None:
+    piped, argument = launched.result("run_stdin"), launched.result("run_a")
+    assert piped.rc == 0, piped.err
+    assert piped.out == argument.out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run_cmd.run: `sys.stdin.read()` keeps the trailing newline of `echo ... |`, so the prompt becomes "
+    "'[INST] 안녕\\n [\\INST] ' and the reply differs from `run MODEL 안녕` (suggest .rstrip('\\n'))",
+)
+def test_run_stdin_trailing_newline_is_not_part_of_the_prompt(launched: Launched) -> None:
+    piped, argument = launched.result("run_stdin_newline"), launched.result("run_a")
+    assert piped.rc == 0, piped.err
+    assert piped.out == argument.out
+
+
+def test_run_verbose_puts_stats_on_stderr(launched: Launched) -> None:
+    verbose, plain = launched.result("run_verbose"), launched.result("run_a")
+    assert verbose.rc == 0, verbose.err
+    assert verbose.out == plain.out, "stats and logs never go to stdout"
+    flat = verbose.err.replace("\n", " ")
+    assert re.search(r"prompt \d+ tok \(\d+ evaluated\), reply 8 tok", flat)
+    assert "stop: max_tokens" in flat
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_engine.format_stats is printed with rich's stderr Console, which wraps at 80 columns when "
+    "stderr is not a terminal: the stats line is split before 'stop: ...' (suggest soft_wrap=True)",
+)
+def test_run_verbose_stats_are_one_line(launched: Launched) -> None:
+    verbose = launched.result("run_verbose")
+    assert re.search(r"^prompt \d+ tok .*stop: max_tokens$", verbose.err, re.MULTILINE), verbose.err[-400:]
+
+
+@pytest.mark.parametrize("name", ["run_missing", "run_missing_name"])
+def test_run_missing_model_is_one_clean_error(launched: Launched, name: str) -> None:
+    result = launched.result(name)
+    assert result.rc == 1
+    assert result.out == ""
+    assert "Traceback" not in result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.err
+    assert "nothing.gguf" in errors[0] or "no-such-model" in errors[0]
+
+
+def test_run_not_a_gguf_is_a_clean_error(launched: Launched, work: Path) -> None:
+    result = launched.result("run_not_gguf")
+    assert result.rc == 1
+    assert "Traceback" not in result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not a GGUF" in errors[0], result.err
+    assert "notes.gguf" in result.err
+
+
+# --- list, rm, doctor, demo ----------------------------------------------------------------------------
+
+
+def test_list_and_rm(work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from synatra_local.cli import main
+
+    folder = work / "models-list"
+    folder.mkdir()
+    (folder / "synatra-7b-v0.1-Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(3 * 1024 * 1024))
+    (folder / "synatra-7b-v0.3-Q8_0.gguf").write_bytes(b"GGUF" + bytes(1024))
+    outside = work / "outside.gguf"
+    outside.write_bytes(b"GGUF" + bytes(16))
+    monkeypatch.setenv("SYNATRA_LOCAL_MODELS", str(folder))
+
+    def cli(*args: str) -> Result:
+        rc = main(list(args))
+        captured = capsys.readouterr()
+        return Result(rc, captured.out, captured.err)
+
+    listed = cli("list")
+    assert listed.rc == 0, listed.err
+    lines = listed.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("synatra-7b-v0.1-Q4_K_M") and str(folder / "synatra-7b-v0.1-Q4_K_M.gguf") in lines[0]
+    assert lines[1].startswith("synatra-7b-v0.3-Q8_0")
+
+    removed = cli("rm", "synatra-7b-v0.1-Q4_K_M")
+    assert removed.rc == 0, removed.err
+    assert removed.out.strip() == str((folder / "synatra-7b-v0.1-Q4_K_M.gguf").resolve())
+    assert not (folder / "synatra-7b-v0.1-Q4_K_M.gguf").exists()
+
+    refused = cli("rm", str(outside))
+    assert refused.rc == 1
+    assert "not in the models folder" in refused.err and "Traceback" not in refused.err
+    assert refused.err.startswith("error:")
+    assert outside.exists()
+
+    missing = cli("rm", "synatra-7b-v0.1-Q4_K_M")
+    assert missing.rc == 1 and "synatra-7b-v0.3-Q8_0" in missing.err
+
+    assert cli("rm", "synatra-7b-v0.3-Q8_0.gguf").rc == 0
+    empty = cli("list")
+    assert empty.rc == 0 and "no models in" in empty.out
+
+
+def test_list_and_rm_as_commands(work: Path) -> None:
+    """The same through the installed entry point, once."""
+    folder = work / "models-cli"
+    folder.mkdir()
+    (folder / "only-Q8_0.gguf").write_bytes(b"GGUF" + bytes(64))
+    env = _env(SYNATRA_LOCAL_MODELS=str(folder))
+    listed = subprocess.run([CLI, "list"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert listed.returncode == 0 and listed.stdout.startswith("only-Q8_0 ")
+    removed = subprocess.run([CLI, "rm", "only-Q8_0"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert removed.returncode == 0 and not (folder / "only-Q8_0.gguf").exists()
+
+
+def test_doctor_mentions_gpu_offload_and_the_plan(launched: Launched, tiny_gguf_v01: Path) -> None:
+    result = launched.result("doctor")
+    assert result.rc == 0, result.err
+    out = result.out
+    assert re.search(r"^gpu offload\s+(yes|no)", out, re.MULTILINE)
+    assert re.search(r"^gpu layers\s+\d+ of 3: ", out, re.MULTILINE)
+    assert str(tiny_gguf_v01) in out
+    assert "recommended" in out
+    if "no (CPU-only build)" in out:
+        assert "cuda build" in out and "GGML_CUDA=on" in out
+        assert "gpu layers      0 of 3" in out
+
+
+def test_demo_writes_two_ggufs_and_prints_their_paths(launched: Launched, work: Path) -> None:
+    result = launched.result("demo")
+    assert result.rc == 0, result.err
+    paths = [Path(line) for line in result.out.splitlines() if line.endswith(".gguf")]
+    assert len(paths) == 2
+    assert {p.parent for p in paths} == {work / "demo"}
+    assert any("Q4_K_M" in p.name for p in paths) and any("Q8_0" in p.name for p in paths)
+    for p in paths:
+        assert p.is_file() and p.read_bytes()[:4] == b"GGUF"
+    assert "user> 대한민국의 수도는 어디인가요?" in result.out
+    assert "synatra> " in result.out

@@ -1,0 +1,435 @@
+"""The OpenAI-compatible server: a real uvicorn on a free loopback port, driven by the official `openai` client.
+
+The engine is made with `busy="error"`: if the server ever let two generations reach it at once (or left it
+busy after a client hung up), the request would fail with a 503 instead of waiting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from synatra_local.runtime.engine import Engine  # noqa: E402
+from synatra_local.server.app import create_app  # noqa: E402
+from synatra_local.server.run import BackgroundServer  # noqa: E402
+
+MODEL_ID = "synatra-tiny"
+KEY = "sk-local-test"
+ORIGIN = "http://localhost:5173"
+N_CTX = 2048
+HANGUL = re.compile("[\uac00-\ud7a3]")
+KOREAN = [{"role": "user", "content": "한국어로 대답해 주세요. 서울의 날씨는 어떤가요?"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_gguf_v01: Path) -> Engine:
+    engine = Engine(tiny_gguf_v01, n_ctx=N_CTX, busy="error")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def served(engine: Engine):
+    app = create_app(engine, model_id=MODEL_ID)
+    with BackgroundServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture(scope="module")
+def guarded(engine: Engine):
+    app = create_app(engine, model_id=MODEL_ID, api_key=KEY, cors_origins=[ORIGIN], max_body_bytes=4096)
+    with BackgroundServer(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def chat(client: openai.OpenAI, messages: list[dict], **kwargs):
+    return client.chat.completions.create(model=MODEL_ID, messages=messages, **kwargs)
+
+
+def stream_chat(client: openai.OpenAI, messages: list[dict], **kwargs) -> tuple[list[str], list]:
+    chunks = list(chat(client, messages, stream=True, **kwargs))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    return deltas, chunks
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = "any") -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param != "any":
+        assert error["param"] == param, error
+    return error
+
+
+def test_health_and_models(served, client) -> None:
+    health = httpx.get(f"{served.url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert [m.id for m in client.models.list()] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    assert_error(httpx.get(f"{served.url}/v1/models/other"), 404, "model")
+
+
+def test_chat_usage_seed_and_finish_reason(client, engine) -> None:
+    messages = [{"role": "system", "content": "간단히 답하세요."}, {"role": "user", "content": "안녕하세요!"}]
+    extensions = {"top_k": 30, "min_p": 0.02, "repeat_penalty": 1.05}
+    first = chat(client, messages, max_tokens=16, seed=11, temperature=0.8, top_p=0.9, extra_body=extensions)
+    again = chat(client, messages, max_tokens=16, seed=11, temperature=0.8, top_p=0.9, extra_body=extensions)
+    assert first.object == "chat.completion" and first.model == MODEL_ID
+    choice = first.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.message.content == again.choices[0].message.content
+    usage = first.usage
+    assert usage.prompt_tokens == len(engine.prompt_tokens(messages))
+    assert 0 < usage.completion_tokens <= 16
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert choice.finish_reason == ("length" if usage.completion_tokens == 16 else "stop")
+    # max_completion_tokens is the newer name of max_tokens
+    newer = client.chat.completions.create(model=MODEL_ID, messages=messages, max_completion_tokens=5, seed=1)
+    assert newer.usage.completion_tokens <= 5
+
+
+def test_korean_stream_is_whole_characters_and_matches_the_reply(client) -> None:
+    hangul_seen = 0
+    for seed in range(12):
+        reply = chat(client, KOREAN, max_tokens=24, seed=seed).choices[0].message.content
+        deltas, chunks = stream_chat(client, KOREAN, max_tokens=24, seed=seed, stream_options={"include_usage": True})
+        assert "".join(deltas) == reply
+        for delta in deltas:
+            delta.encode("utf-8")  # no lone surrogates
+        # a split character would show up as replacement characters the whole reply does not have
+        assert sum(d.count("\ufffd") for d in deltas) == reply.count("\ufffd")
+        assert chunks[0].object == "chat.completion.chunk" and chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-2].choices[0].finish_reason in ("length", "stop")
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+        hangul_seen += bool(HANGUL.search(reply))
+        if hangul_seen >= 3:
+            break
+    assert hangul_seen >= 3, "the tiny model should say something Korean within 12 seeds"
+
+
+def test_raw_events_are_valid_text_each(served) -> None:
+    body = {"model": MODEL_ID, "messages": KOREAN, "max_tokens": 24, "seed": 2, "stream": True}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = response.read()
+    events = raw.split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    for event in events[:-2]:
+        assert event.startswith(b"data: ")
+        chunk = json.loads(event[6:].decode("utf-8"))  # strict: every event is valid UTF-8 on its own
+        assert chunk["object"] == "chat.completion.chunk"
+
+
+def test_completions(client) -> None:
+    prompt = "옛날 옛적에 한 마을에"
+    done = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=12, seed=5)
+    assert done.object == "text_completion" and done.choices[0].text
+    assert done.usage.completion_tokens <= 12 and done.usage.prompt_tokens > 0
+    assert done.choices[0].finish_reason in ("length", "stop")
+    chunks = list(client.completions.create(model=MODEL_ID, prompt=[prompt], max_tokens=12, seed=5, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
+    default = client.completions.create(model=MODEL_ID, prompt=prompt, seed=5)
+    assert default.usage.completion_tokens <= 16  # OpenAI's default max_tokens for completions
+
+
+def test_stop_sequences(client) -> None:
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    full = chat(client, messages, max_tokens=24, seed=21).choices[0].message.content
+    stop = full[6:8]
+    expected = full[: full.index(stop)]
+    cut = chat(client, messages, max_tokens=24, seed=21, stop=stop)
+    assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
+    deltas, chunks = stream_chat(client, messages, max_tokens=24, seed=21, stop=["\u0000never", stop])
+    assert "".join(deltas) == expected and chunks[-1].choices[0].finish_reason == "stop"
+    text = client.completions.create(model=MODEL_ID, prompt="Once", max_tokens=16, seed=4).choices[0].text
+    stop = text[4:6]
+    cut = client.completions.create(model=MODEL_ID, prompt="Once", max_tokens=16, seed=4, stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_eight_concurrent_clients_get_whole_replies(served, client) -> None:
+    conversations = [[{"role": "user", "content": f"{i}번째 질문: 오늘 뭐 먹을까요?"}] for i in range(8)]
+    expected = [chat(client, m, max_tokens=20, seed=100 + i).choices[0].message.content
+                for i, m in enumerate(conversations)]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def ask(i: int) -> None:
+        try:
+            own = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=60)
+            barrier.wait()
+            results[i] = "".join(stream_chat(own, conversations[i], max_tokens=20, seed=100 + i)[0])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert [results[i] for i in range(8)] == expected
+    health = httpx.get(f"{served.url}/health").json()
+    assert health["status"] == "ok" and not health["busy"] and health["waiting"] == 0
+
+
+def test_requests_are_served_in_arrival_order(served) -> None:
+    finished: list[str] = []
+
+    def ask(name: str, max_tokens: int) -> None:
+        body = {"messages": [{"role": "user", "content": name}], "max_tokens": max_tokens, "seed": 1}
+        response = httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200
+        finished.append(name)
+
+    long = threading.Thread(target=ask, args=("long", 1200))
+    long.start()
+    while not served.app.state.scheduler.busy:
+        time.sleep(0.005)
+    waiting = []
+    for name in "ABCDE":
+        thread = threading.Thread(target=ask, args=(name, 40))
+        thread.start()
+        waiting.append(thread)
+        while served.app.state.scheduler.waiting < len(waiting) and long.is_alive():
+            time.sleep(0.002)
+    for thread in [long, *waiting]:
+        thread.join(60)
+    if finished[0] != "long":
+        pytest.skip("the long generation ended before the queue formed")
+    assert finished == ["long", *"ABCDE"]
+
+
+def test_health_answers_during_a_generation(served) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500, "seed": 3, "stream": True}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        while '"content":""' in (line := next(lines)) or '"content":' not in line:
+            pass  # until the first piece of text: the generation is running
+        start = time.perf_counter()
+        health = httpx.get(f"{served.url}/health", timeout=5)
+        elapsed = time.perf_counter() - start
+        assert health.status_code == 200 and health.json()["busy"]
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    assert elapsed < 1.0
+
+
+def test_disconnect_mid_stream_cancels_the_generation(served, client) -> None:
+    scheduler = served.app.state.scheduler
+    cancelled = scheduler.cancelled
+    body = {"messages": [{"role": "user", "content": "끝없이 이야기해 주세요"}], "max_tokens": 2000, "seed": 9,
+            "stream": True}
+    url = f"{served.url}/v1/chat/completions"
+    with httpx.Client(timeout=30) as raw, raw.stream("POST", url, json=body) as response:
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # the first real piece of text: hang up now
+    deadline = time.monotonic() + 10
+    while scheduler.cancelled == cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.cancelled == cancelled + 1
+    assert scheduler.last_stats.stop_reason == "cancelled"
+    assert scheduler.last_stats.generated_tokens < 1000
+    start = time.perf_counter()
+    after = chat(client, [{"role": "user", "content": "다음 질문"}], max_tokens=8, seed=1)  # busy="error": no 503
+    assert after.choices[0].message.content and time.perf_counter() - start < 10
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{served.url}/health").json()["busy"]:  # the lock passes on just after the reply
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+BAD_CHAT = [
+    ("invalid json", b'{"messages": [', None),
+    ("not an object", b"[1, 2]", None),
+    ("missing messages", b'{"max_tokens": 4}', "messages"),
+    ("empty messages", {"messages": []}, "messages"),
+    ("messages not a list", {"messages": "hi"}, "messages"),
+    ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ("tool role", {"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
+    ("content a number", {"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
+    ("content missing", {"messages": [{"role": "user"}]}, "messages[0].content"),
+    ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[0]"),
+    ("roles out of order", {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},
+     "messages"),
+    ("max_tokens a string", {"max_tokens": "8"}, "max_tokens"),
+    ("max_tokens zero", {"max_tokens": 0}, "max_tokens"),
+    ("max_tokens above the cap", {"max_tokens": 4096}, "max_tokens"),
+    ("max_tokens beyond the context", {"max_tokens": N_CTX - 5}, "max_tokens"),
+    ("temperature a string", {"temperature": "hot"}, "temperature"),
+    ("temperature out of range", {"temperature": 5}, "temperature"),
+    ("stream not a bool", {"stream": "yes"}, "stream"),
+    ("seed a float", {"seed": 1.5}, "seed"),
+    ("stop a number", {"stop": 7}, "stop"),
+    ("n above one", {"n": 2}, "n"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "param"), BAD_CHAT, ids=[c[0] for c in BAD_CHAT])
+def test_bad_chat_requests_get_400(served, case: str, body, param: str | None) -> None:
+    if isinstance(body, bytes):
+        contents = [body]
+    else:  # refused before any header is sent, streamed or not
+        body = {"messages": [{"role": "user", "content": "hi"}], **body}
+        contents = [json.dumps(body).encode(), json.dumps({"stream": True, **body}).encode()]
+    for content in contents:
+        response = httpx.post(f"{served.url}/v1/chat/completions", content=content,
+                              headers={"Content-Type": "application/json"}, timeout=30)
+        assert_error(response, 400, param)
+
+
+def test_over_long_prompts_get_400(served, client) -> None:
+    long = "가나다라마바사 " * 2000
+    response = httpx.post(f"{served.url}/v1/chat/completions", timeout=30,
+                          json={"messages": [{"role": "user", "content": long}], "stream": True})
+    assert assert_error(response, 400, "messages")["code"] == "context_length_exceeded"
+    response = httpx.post(f"{served.url}/v1/completions", json={"prompt": long}, timeout=30)
+    assert assert_error(response, 400, "prompt")["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as raised:
+        chat(client, [{"role": "user", "content": long}], max_tokens=4)
+    assert raised.value.status_code == 400
+
+
+def test_bad_completion_requests_get_400(served) -> None:
+    for body, param in [
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({}, "prompt"),
+        ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "x", "echo": True}, "echo"),
+    ]:
+        assert_error(httpx.post(f"{served.url}/v1/completions", json=body, timeout=30), 400, param)
+
+
+def test_lenient_where_openai_is(served) -> None:
+    body = {
+        "model": "whatever",
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "안녕"}, {"type": "text", "text": "하세요"}]},
+        ],
+        "max_tokens": 4,
+        "temperature": 1,
+        "frequency_penalty": 0.5,
+        "some_future_field": {"x": 1},
+    }
+    response = httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == MODEL_ID
+
+
+def test_unknown_paths_and_methods(served) -> None:
+    assert_error(httpx.get(f"{served.url}/v1/nothing"), 404)
+    assert_error(httpx.get(f"{served.url}/v1/chat/completions"), 405)
+
+
+def test_body_too_large_gets_413(served) -> None:
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (1 << 20)}]}).encode()
+    response = httpx.post(f"{served.url}/v1/chat/completions", content=big,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert_error(response, 413)
+
+    def chunked():  # no Content-Length: counted as it arrives
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    response = httpx.post(f"{served.url}/v1/chat/completions", content=chunked(),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert_error(response, 413)
+
+
+def test_api_key(guarded) -> None:
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert_error(httpx.post(f"{guarded.url}/v1/chat/completions", json=body), 401)
+    assert_error(httpx.get(f"{guarded.url}/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+    assert httpx.get(f"{guarded.url}/health").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{guarded.url}/v1", api_key="wrong", max_retries=0).models.list()
+    good = openai.OpenAI(base_url=f"{guarded.url}/v1", api_key=KEY, max_retries=0, timeout=30)
+    assert good.chat.completions.create(**body).choices[0].message.content is not None
+    too_big = httpx.post(f"{guarded.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                         json={**body, "messages": [{"role": "user", "content": "y" * 5000}]})
+    assert_error(too_big, 413)
+
+
+def test_cors_only_when_asked(served, guarded) -> None:
+    plain = httpx.get(f"{served.url}/v1/models", headers={"Origin": ORIGIN})
+    assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+    allowed = httpx.get(f"{guarded.url}/v1/models", headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"})
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    preflight = httpx.options(
+        f"{guarded.url}/v1/chat/completions",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"},
+    )
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.get(f"{guarded.url}/v1/models",
+                      headers={"Origin": "http://evil.test", "Authorization": f"Bearer {KEY}"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_missing_server_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synatra_local.core.errors import SynatraError
+
+    for name in list(sys.modules):
+        if name == "synatra_local.server" or name.startswith("synatra_local.server."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    with pytest.raises(SynatraError) as raised:
+        importlib.import_module("synatra_local.server.app")
+    assert "FastAPI and uvicorn" in raised.value.message and "synatra-local[server]" in raised.value.fix
+
+
+def test_serve_command(tiny_gguf_v01: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "synatra_local", "serve", str(tiny_gguf_v01), "--port", "0", "--ctx", "512",
+            "--model-id", "cli-model", "--api-key", KEY]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line and process.poll() is not None:
+                break
+            if found := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+                url = found.group(1)
+        assert url, "the command should print the URL it listens on"
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert [m["id"] for m in models["data"]] == ["cli-model"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode in (0, 130)
