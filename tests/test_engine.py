@@ -48,7 +48,7 @@ def chatml(tiny_gguf_v03: Path) -> Iterator[Engine]:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -107,6 +107,12 @@ def test_same_seed_same_text_different_seed_different_text(engine: Engine) -> No
     assert first.text and first.text == again.text
     others = {engine.chat(HELLO, GenerationOptions(max_tokens=40, seed=s)).text for s in (8, 9, 10)}
     assert any(text != first.text for text in others)
+
+
+def test_unseeded_requests_vary_after_a_seeded_one(engine: Engine) -> None:
+    engine.chat(HELLO, GenerationOptions(max_tokens=12, seed=5))
+    texts = {engine.chat(HELLO, GenerationOptions(max_tokens=12)).text for _ in range(3)}
+    assert len(texts) > 1
 
 
 def test_max_tokens_respected(engine: Engine) -> None:
@@ -217,9 +223,7 @@ def test_busy_wait_serialises_threads(engine: Engine) -> None:
 # --- KV cache reuse ------------------------------------------------------------------------------------
 
 
-def test_next_turn_after_end_of_turn_evaluates_only_new_tokens(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_next_turn_after_end_of_turn_evaluates_only_new_tokens(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     model = engine._model
     # "안녕" spelled as its six UTF-8 byte tokens (<0xNN> is id NN + 3): the tokenizer would never produce them
     reply_ids = [b + 3 for b in "안녕".encode()] + model.tokenize("하세요 OK", add_bos=False, special=False)

@@ -133,9 +133,7 @@ def test_v02_override_differs_from_v01(engines: dict[str, Engine]) -> None:
     assert v01.prompt_tokens(messages) != v02.prompt_tokens(messages)
 
 
-def test_jinja_override_uses_the_gguf_template(
-    engines: dict[str, Engine], sp: spm.SentencePieceProcessor
-) -> None:
+def test_jinja_override_uses_the_gguf_template(engines: dict[str, Engine], sp: spm.SentencePieceProcessor) -> None:
     for fmt in ("synatra-v0.1", "chatml"):
         engine = engines[fmt]
         template = select_template(engine.info, engine._model, "jinja")
@@ -163,4 +161,3 @@ def test_unknown_template_is_refused(engines: dict[str, Engine]) -> None:
     engine = engines["synatra-v0.1"]
     with pytest.raises(SynatraError, match="unknown template 'alpaca'"):
         select_template(engine.info, engine._model, "alpaca")
-

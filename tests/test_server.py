@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -433,3 +434,40 @@ def test_serve_command(tiny_gguf_v01: Path) -> None:
             process.kill()
             raise
     assert process.returncode in (0, 130)
+
+
+def test_non_streamed_reply_is_cancelled_when_the_client_leaves(served) -> None:
+    scheduler = served.app.state.scheduler
+    cancelled = scheduler.cancelled
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "seed": 1}).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+           f"Content-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", served.port)) as raw:
+        raw.sendall(head + body)
+        deadline = time.monotonic() + 10
+        while not scheduler.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+    deadline = time.monotonic() + 10
+    while scheduler.cancelled == cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.cancelled == cancelled + 1
+    assert scheduler.last_stats.generated_tokens < 2000
+
+
+def test_events_are_one_line_each() -> None:
+    from synatra_local.server.app import _event
+
+    event = _event({"text": "줄\u2028바꿈\u2029과\x85제어\n문자\r"})
+    assert event.endswith(b"\n\n") and event[:-2].decode("utf-8").splitlines() == [event[:-2].decode("utf-8")]
+    assert json.loads(event[6:])["text"] == "줄\u2028바꿈\u2029과\x85제어\n문자\r"
+
+
+def test_serve_fails_fast_when_the_port_is_taken(tiny_gguf_v01: Path, capsys: pytest.CaptureFixture) -> None:
+    from synatra_local.commands import serve_cmd
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve_cmd.main([str(tiny_gguf_v01), "--port", str(port)]) == 1
+    assert "cannot listen on" in capsys.readouterr().err

@@ -118,11 +118,6 @@ def test_remove_refuses_paths_outside_the_folder(folder: Path, tmp_path: Path) -
     assert (nested / "deep.gguf").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py resolve_model: `Path(model).exists()` is also true for a directory in the current folder, "
-    "which then fails check_gguf_file ('does not exist') instead of falling back to the models folder",
-)
 def test_directory_in_cwd_does_not_shadow_a_stored_model(folder: Path) -> None:
     Path("synatra-a-Q4_K_M").mkdir()
     assert resolve_model("synatra-a-Q4_K_M") == folder / "synatra-a-Q4_K_M.gguf"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 from rich.console import Console
 
 from synatra_local.core.errors import SynatraError
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def run_app(app: typer.Typer, argv: list[str], name: str) -> int:

@@ -52,7 +52,7 @@ def run(
     verbose: Verbose = False,
 ) -> None:
     """Answer one prompt with the model's own chat template; the reply streams to stdout."""
-    text = sys.stdin.read() if prompt == "-" else prompt
+    text = sys.stdin.read().rstrip("\n") if prompt == "-" else prompt
     engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
                          batch=batch)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]

@@ -50,12 +50,17 @@ def serve(
 
     Point any OpenAI client at the printed base URL (…/v1). Requests are answered one at a time, in order.
     """
-    # imported before the model loads: without the `server` extra this fails at once, with the fix
-    from synatra_local.server.run import is_loopback
+    # before the (slow) model load: without the `server` extra, or with the port taken, this fails at once
+    from synatra_local.server.run import bind, is_loopback
     from synatra_local.server.run import serve as serve_engine
 
-    engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
-                         batch=batch)
+    sock = bind(host, port)
+    try:
+        engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template,
+                             verbose=verbose, batch=batch)
+    except BaseException:
+        sock.close()
+        raise
     if not is_loopback(host) and not api_key:
         stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use it")
 
@@ -75,6 +80,7 @@ def serve(
             max_tokens_cap=max_tokens_cap,
             verbose=verbose,
             on_ready=ready,
+            sock=sock,
         )
     finally:
         engine.close()

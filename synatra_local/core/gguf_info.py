@@ -1,4 +1,4 @@
-"""What a GGUF file is, read from its header with gguf's GGUFReader (memory-mapped; no weights are loaded)."""
+"""What a GGUF file is, read from its header alone (no weights are loaded)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 
 from .errors import ModelFileError
+from .llama_backend import read_gguf_header
 from .model_meta import PROMPT_FORMAT_KEY, SOURCE_REPO_KEY, SOURCE_REVISION_KEY
 
 GGUF_MAGIC = b"GGUF"
@@ -65,28 +66,18 @@ def check_gguf_file(path: Path) -> Path:
 
 def read_model_info(path: Path) -> ModelInfo:
     path = check_gguf_file(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError) as exc:
-        raise ModelFileError(
-            f"{path} is damaged or truncated ({exc})", fix="re-convert or re-download it"
-        ) from exc
-
-    def value(key: str) -> object | None:
-        found = reader.get_field(key)
-        return found.contents() if found is not None else None
-
+    header = read_gguf_header(path)
+    if header is None:
+        raise ModelFileError(f"{path} is damaged or truncated", fix="re-convert or re-download it")
+    value = header.values.get
     arch = str(value("general.architecture") or "unknown")
-    file_type = value("general.file_type")
-    tensors = [
-        TensorEntry(t.name, t.tensor_type.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors
-    ]
+    tensors = [_tensor_entry(name, type_id, size) for name, type_id, size in header.tensors]
     return ModelInfo(
         path=path,
         file_bytes=path.stat().st_size,
         architecture=arch,
         name=_str(value("general.name")),
-        file_type=_file_type_name(file_type),
+        file_type=_file_type_name(value("general.file_type")),
         parameters=sum(t.n_elements for t in tensors),
         context_length=_int(value(f"{arch}.context_length")),
         block_count=_int(value(f"{arch}.block_count")),
@@ -100,6 +91,12 @@ def read_model_info(path: Path) -> ModelInfo:
         source_revision=_str(value(SOURCE_REVISION_KEY)),
         tensors=tensors,
     )
+
+
+def _tensor_entry(name: str, type_id: int, size: int) -> TensorEntry:
+    ggml_type = gguf.GGMLQuantizationType(type_id)
+    block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+    return TensorEntry(name, ggml_type.name, size // type_size * block, size)
 
 
 def _file_type_name(value: object | None) -> str | None:

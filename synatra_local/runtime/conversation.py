@@ -36,11 +36,12 @@ class Conversation:
             yield from generation
         finally:
             generation.close()
-            kept = self.messages[2 * generation.stats.dropped_turns :]
-            self.messages = kept + [
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": generation.text},
-            ]
+            if generation.stats.prompt_tokens:  # the reply started: record it, however far it got
+                kept = self.messages[2 * generation.stats.dropped_turns :]
+                self.messages = kept + [
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": generation.text},
+                ]
 
     def reset(self) -> None:
         self.messages = []

@@ -157,7 +157,7 @@ class Engine:
         trim_history: bool = False,
     ) -> Generation:
         """Stream the reply to `messages`; with `trim_history`, the oldest turns are dropped to fit."""
-        options = options or GenerationOptions()
+        options = _checked(options or GenerationOptions())
         stats = GenerationStats()
         messages = list(messages)
         if trim_history:
@@ -170,7 +170,7 @@ class Engine:
 
     def complete(self, prompt: str, options: GenerationOptions | None = None) -> Generation:
         """Raw completion of `prompt` text with no chat template (BOS added as the model asks)."""
-        options = options or GenerationOptions()
+        options = _checked(options or GenerationOptions())
         tokens = self._model.tokenize(prompt, add_bos=self._model.adds_bos, special=True)
         self._check_fits(tokens, options)
         stats = GenerationStats()
@@ -236,8 +236,7 @@ class Engine:
         turn: tuple[list[Message], str] | None,
     ) -> Iterator[str]:
         model = self._model
-        if options.seed is not None:
-            model.set_seed(options.seed)
+        model.set_seed(options.seed)
         sampling = llama_backend.SamplingParams(
             temperature=options.temperature,
             top_p=options.top_p,
@@ -289,6 +288,8 @@ class Engine:
         finally:
             stream.close()
             stats.generation_seconds = time.perf_counter() - started
+            if stats.stop_reason is None:
+                stats.stop_reason = "cancelled"
         if stats.stop_reason != "stop":
             shown, _ = scanner.feed(detokenizer.flush())
             tail = shown + scanner.flush()
@@ -297,3 +298,9 @@ class Engine:
         if turn is not None and stats.stop_reason != "stop":
             messages, prompt_text = turn
             self._prompts.remember(messages, prompt_text, detokenizer.text, tokens + reply, end_token)
+
+
+def _checked(options: GenerationOptions) -> GenerationOptions:
+    if options.max_tokens < 1:
+        raise SynatraError(f"max_tokens must be at least 1, not {options.max_tokens}", fix="ask for 1 or more tokens")
+    return options

@@ -73,9 +73,11 @@ def choose_layers(
     n = len(fp.layer_bytes)
     everything = n + 1
     request = str(request).strip().lower()
-    if request not in {"auto", "all"} and not request.lstrip("-").isdigit():
+    if request == "-1":  # llama.cpp's spelling of "all"
+        request = "all"
+    if request not in {"auto", "all"} and not request.isdigit():
         raise SynatraError(
-            f"--gpu-layers {request!r} is not auto, all or a number", fix="e.g. --gpu-layers auto"
+            f"--gpu-layers {request!r} is not auto, all or a number of layers", fix="e.g. --gpu-layers auto"
         )
     if request == "0":
         return OffloadPlan(0, everything, "CPU only (--gpu-layers 0)")

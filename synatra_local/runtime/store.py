@@ -37,7 +37,7 @@ def list_models(folder: Path | None = None) -> list[StoredModel]:
 def resolve_model(model: str | Path, folder: Path | None = None) -> Path:
     """A path as given if it exists; else a name (with or without `.gguf`) in the models folder."""
     path = Path(model)
-    if path.exists():
+    if path.is_file():
         return check_gguf_file(path)
     folder = folder or models_dir()
     for candidate in (folder / str(model), folder / f"{model}.gguf"):

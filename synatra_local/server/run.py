@@ -32,8 +32,12 @@ def serve(
     max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
     verbose: bool = False,
     on_ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve `engine` until Ctrl-C (or SIGTERM); `on_ready(url)` is called once the socket listens."""
+    """Serve `engine` until Ctrl-C (or SIGTERM); `on_ready(url)` is called once the socket listens.
+
+    `sock`, from `bind(host, port)`, lets a caller claim the port before the slow model load.
+    """
     app = create_app(
         engine,
         model_id=model_id or engine.path.stem,
@@ -42,7 +46,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         max_tokens_cap=max_tokens_cap,
     )
-    sock = bind(host, port)
+    sock = sock or bind(host, port)
     config = _config(app, verbose=verbose)
     url = base_url(host, sock.getsockname()[1])
     server = _Server(config, (lambda: on_ready(url)) if on_ready else None)
