@@ -119,9 +119,9 @@ def server_run(client, url: str, tokens: int, seed: int) -> Run:
     return Run(generated, last - start, last - first)
 
 
-def start_server(model: Path, threads: int | None, ctx: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, threads: int | None, ctx: int, interval_ms: float) -> tuple[subprocess.Popen, str]:
     argv = [sys.executable, "-m", "synatra_local", "serve", str(model), "--port", "0", "--ctx", str(ctx),
-            "--max-tokens-cap", str(ctx)]
+            "--max-tokens-cap", str(ctx), "--stream-interval-ms", str(interval_ms)]
     if threads:
         argv += ["--threads", str(threads)]
     child = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256, help="tokens per reply")
     parser.add_argument("--threads", type=int, default=None, help="engine threads (default: llama.cpp's)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--stream-interval-ms", type=float, default=20, help="the server's --stream-interval-ms")
     parser.add_argument("--repeats", type=int, default=9, help="runs of each single-request measurement")
     args = parser.parse_args()
 
@@ -152,7 +153,7 @@ def main() -> None:
         ctx = max(1024, args.tokens * 2 + 128)
         engine = Engine(model, n_ctx=ctx, threads=args.threads)
         direct_run(engine, args.tokens, seed=1)  # warm-up (and a cached prompt, as the server will have)
-        child, url = start_server(model, args.threads, ctx)
+        child, url = start_server(model, args.threads, ctx, args.stream_interval_ms)
         http = httpx.Client()  # one connection, kept alive, as a real client would
         try:
             server_run(http, url, args.tokens, seed=1)  # warm-up
@@ -199,7 +200,8 @@ def main() -> None:
     print(f"machine: {machine()}; {platform.platform()}; os.cpu_count() = {os.cpu_count()}")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"model: {Path(model).name}; {args.tokens} tokens per reply; threads: {args.threads or 'default'}; "
-          f"median of {len(direct)} alternating runs; load average {load}")
+          f"stream interval {args.stream_interval_ms:g} ms; median of {len(direct)} alternating runs; "
+          f"load average {load}")
     print()
     d_cpu, s_cpu = median([r.cpu_per_token for r in direct]), median([r.cpu_per_token for r in served])
     print(f"{'measurement':<44} {'tokens/s':>10} {'decode tok/s':>13} {'CPU/token':>10} {'vs direct':>10}")

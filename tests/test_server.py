@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ KOREAN = [{"role": "user", "content": "한국어로 대답해 주세요. 서울�
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_gguf_v01: Path) -> Engine:
+def engine(tiny_gguf_v01: Path) -> Iterator[Engine]:
     engine = Engine(tiny_gguf_v01, n_ctx=N_CTX, busy="error")
     yield engine
     engine.close()
@@ -46,9 +47,8 @@ def engine(tiny_gguf_v01: Path) -> Engine:
 
 @pytest.fixture(scope="module")
 def served(engine: Engine):
-    app = create_app(engine, model_id=MODEL_ID)
+    app = create_app(engine, model_id=MODEL_ID, stream_interval=0)  # an event per piece: the strictest stream
     with BackgroundServer(app) as server:
-        server.app = app
         yield server
 
 
@@ -376,6 +376,10 @@ def test_api_key(guarded) -> None:
         openai.OpenAI(base_url=f"{guarded.url}/v1", api_key="wrong", max_retries=0).models.list()
     good = openai.OpenAI(base_url=f"{guarded.url}/v1", api_key=KEY, max_retries=0, timeout=30)
     assert good.chat.completions.create(**body).choices[0].message.content is not None
+    # the default stream interval merges fast text into fewer events; the text is the same
+    whole = good.chat.completions.create(**{**body, "max_tokens": 64, "seed": 8}).choices[0].message.content
+    deltas, _ = stream_chat(good, body["messages"], max_tokens=64, seed=8)
+    assert "".join(deltas) == whole and len(deltas) < 64
     too_big = httpx.post(f"{guarded.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                          json={**body, "messages": [{"role": "user", "content": "y" * 5000}]})
     assert_error(too_big, 413)

@@ -39,6 +39,11 @@ def serve(
     max_tokens_cap: Annotated[
         int, typer.Option("--max-tokens-cap", min=1, help="Most tokens one request may ask for.")
     ] = 2048,
+    stream_interval_ms: Annotated[
+        float,
+        typer.Option("--stream-interval-ms", min=0,
+                     help="Shortest time between streamed events; faster text is merged (0: an event per token)."),
+    ] = 20,
     ctx: Ctx = 4096,
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
@@ -78,6 +83,7 @@ def serve(
             cors_origins=cors_origin or (),
             max_body_bytes=max_body_bytes,
             max_tokens_cap=max_tokens_cap,
+            stream_interval=stream_interval_ms / 1000,
             verbose=verbose,
             on_ready=ready,
             sock=sock,

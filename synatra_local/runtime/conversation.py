@@ -36,7 +36,7 @@ class Conversation:
             yield from generation
         finally:
             generation.close()
-            if generation.stats.prompt_tokens:  # the reply started: record it, however far it got
+            if generation.stats.stop_reason is not None:  # the reply started: record it, however far it got
                 kept = self.messages[2 * generation.stats.dropped_turns :]
                 self.messages = kept + [
                     {"role": "user", "content": text},

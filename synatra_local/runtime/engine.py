@@ -164,6 +164,7 @@ class Engine:
             messages, stats.dropped_turns = self._fit(messages, options)
         prompt_text, tokens = self._prompts.build(messages)
         self._check_fits(tokens, options)
+        stats.prompt_tokens = len(tokens)
         cancel = threading.Event()
         pieces = self._generate(tokens, options, stats, cancel, (messages, prompt_text))
         return Generation(pieces, stats, cancel)
@@ -173,7 +174,7 @@ class Engine:
         options = _checked(options or GenerationOptions())
         tokens = self._model.tokenize(prompt, add_bos=self._model.adds_bos, special=True)
         self._check_fits(tokens, options)
-        stats = GenerationStats()
+        stats = GenerationStats(prompt_tokens=len(tokens))
         cancel = threading.Event()
         return Generation(self._generate(tokens, options, stats, cancel, None), stats, cancel)
 

@@ -47,9 +47,10 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 OPEN_PATHS = frozenset({"/health"})
 FINISH_REASONS = {"end_of_turn": "stop", "stop": "stop", "max_tokens": "length", "context_full": "length"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# Streamed text goes out at most every 10 ms: a model faster than 100 tokens/s gets a few tokens per event
-# instead of paying the HTTP cost per token; a slower one (any 7B on a CPU) still gets one event per token.
-STREAM_INTERVAL = 0.01
+# Streamed text goes out at most every 20 ms (50 events a second, about a screen refresh): a model faster than
+# that gets a few tokens per event instead of paying the HTTP cost (~0.3 ms of event-loop CPU) for every token;
+# a slower one (a 7B on a CPU) still gets one event per token.
+DEFAULT_STREAM_INTERVAL = 0.02
 
 
 def create_app(
@@ -60,8 +61,13 @@ def create_app(
     cors_origins: Sequence[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
+    stream_interval: float = DEFAULT_STREAM_INTERVAL,
 ) -> FastAPI:
-    """The ASGI app serving `engine` as the one model `model_id`; run it with uvicorn (see `run.serve`)."""
+    """The ASGI app serving `engine` as the one model `model_id`; run it with uvicorn (see `run.serve`).
+
+    `stream_interval` (seconds) is the shortest time between two streamed events; text that comes faster is
+    merged into the next event (0: one event per piece the engine yields).
+    """
     scheduler = Scheduler()
     created = int(time.time())
 
@@ -70,9 +76,7 @@ def create_app(
         yield
         scheduler.shutdown()
 
-    app = FastAPI(
-        title="synatra-local", summary="OpenAI-compatible API over a local Synatra model", lifespan=lifespan
-    )
+    app = FastAPI(title="synatra-local", summary="OpenAI-compatible API over a local Synatra model", lifespan=lifespan)
     app.state.engine = engine
     app.state.scheduler = scheduler
     app.state.model_id = model_id
@@ -107,8 +111,12 @@ def create_app(
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str) -> dict[str, Any]:
         if name != model_id:
-            raise APIError(404, f"The model {name!r} does not exist; this server has {model_id!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model {name!r} does not exist; this server has {model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
         return model_object()
 
     @app.post("/v1/chat/completions")
@@ -127,13 +135,13 @@ def create_app(
         )
         options = _options(body, max_tokens, param, max_tokens_cap)
         generation, prompt_tokens = await run_in_threadpool(
-            _start, lambda: engine.stream(messages, options), lambda: len(engine.prompt_tokens(messages)), "messages"
+            _start, lambda: engine.stream(messages, options), "messages"
         )
         _check_room(engine, generation, prompt_tokens, max_tokens, param)
         reply = _Reply("chatcmpl", model_id, prompt_tokens)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _chat_events(scheduler, generation, reply, usage)
+            events = _chat_events(scheduler, generation, reply, usage, stream_interval)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         text = await _collect(scheduler, generation, request)
         return reply.chat_completion(text, generation)
@@ -156,14 +164,12 @@ def create_app(
             prompt = body.prompt
         max_tokens = body.max_tokens
         options = _options(body, max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens", max_tokens_cap)
-        generation, prompt_tokens = await run_in_threadpool(
-            _start, lambda: engine.complete(prompt, options), lambda: _count_text_tokens(engine, prompt), "prompt"
-        )
+        generation, prompt_tokens = await run_in_threadpool(_start, lambda: engine.complete(prompt, options), "prompt")
         _check_room(engine, generation, prompt_tokens, options.max_tokens, "max_tokens")
         reply = _Reply("cmpl", model_id, prompt_tokens)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _completion_events(scheduler, generation, reply, usage)
+            events = _completion_events(scheduler, generation, reply, usage, stream_interval)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         text = await _collect(scheduler, generation, request)
         return reply.text_completion(text, generation)
@@ -203,8 +209,9 @@ def _options(body: SamplingFields, max_tokens: int | None, param: str, cap: int)
     from synatra_local.runtime.engine import GenerationOptions
 
     if max_tokens is not None and max_tokens > cap:
-        raise APIError(400, f"{param} is {max_tokens}; this server allows at most {cap}", param=param,
-                       code="invalid_value")
+        raise APIError(
+            400, f"{param} is {max_tokens}; this server allows at most {cap}", param=param, code="invalid_value"
+        )
     stop: list[str] = []
     if isinstance(body.stop, str):
         stop = [body.stop]
@@ -218,12 +225,10 @@ def _options(body: SamplingFields, max_tokens: int | None, param: str, cap: int)
         if (value := getattr(body, name)) is not None
     }
     seed = None if body.seed is None else body.seed % 0xFFFFFFFF  # llama.cpp seeds are uint32; all-ones = random
-    return GenerationOptions(
-        max_tokens=max_tokens or cap, seed=seed, stop=tuple(s for s in stop if s), **given
-    )
+    return GenerationOptions(max_tokens=max_tokens or cap, seed=seed, stop=tuple(s for s in stop if s), **given)
 
 
-def _start(start: Callable[[], Generation], count: Callable[[], int], param: str) -> tuple[Generation, int]:
+def _start(start: Callable[[], Generation], param: str) -> tuple[Generation, int]:
     """Tokenize and check the prompt (in a worker thread: long prompts take a while); the engine is not taken."""
     try:
         generation = start()
@@ -231,13 +236,7 @@ def _start(start: Callable[[], Generation], count: Callable[[], int], param: str
         failure = _failure(exc)
         failure.param = param
         raise failure from exc
-    return generation, generation.stats.prompt_tokens or count()
-
-
-def _count_text_tokens(engine: Engine, prompt: str) -> int:
-    # The engine counts a raw prompt's tokens only once the generation runs; count them the way it does.
-    model = engine._model
-    return len(model.tokenize(prompt, add_bos=model.adds_bos, special=True))
+    return generation, generation.stats.prompt_tokens
 
 
 def _check_room(engine: Engine, generation: Generation, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
@@ -271,8 +270,13 @@ class _Reply:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def head(self, object_name: str) -> dict[str, Any]:
-        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+        return {
+            "id": self.id,
+            "object": object_name,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
 
     def chat_completion(self, text: str, generation: Generation) -> dict[str, Any]:
         choice = {
@@ -322,7 +326,7 @@ def _text_chunks(template: bytes) -> Callable[[str], bytes]:
 
 
 async def _chat_events(
-    scheduler: Scheduler, generation: Generation, reply: _Reply, include_usage: bool
+    scheduler: Scheduler, generation: Generation, reply: _Reply, include_usage: bool, interval: float
 ) -> AsyncIterator[bytes]:
     head = reply.head("chat.completion.chunk")
 
@@ -334,7 +338,7 @@ async def _chat_events(
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        async with aclosing(scheduler.pieces(generation, interval=STREAM_INTERVAL)) as pieces:
+        async with aclosing(scheduler.pieces(generation, interval=interval)) as pieces:
             async for text in pieces:
                 yield content(text)
         yield chunk({}, finish_reason(generation))
@@ -346,7 +350,7 @@ async def _chat_events(
 
 
 async def _completion_events(
-    scheduler: Scheduler, generation: Generation, reply: _Reply, include_usage: bool
+    scheduler: Scheduler, generation: Generation, reply: _Reply, include_usage: bool, interval: float
 ) -> AsyncIterator[bytes]:
     head = reply.head("text_completion")
 
@@ -355,7 +359,7 @@ async def _completion_events(
 
     content = _text_chunks(chunk(_MARK))
     try:
-        async with aclosing(scheduler.pieces(generation, interval=STREAM_INTERVAL)) as pieces:
+        async with aclosing(scheduler.pieces(generation, interval=interval)) as pieces:
             async for text in pieces:
                 yield content(text)
         yield chunk("", finish_reason(generation))
@@ -462,7 +466,8 @@ class _Guard:
             if not hmac.compare_digest(given, self.expected):
                 message = "Invalid API key" if given else "Missing API key: send Authorization: Bearer KEY"
                 response = JSONResponse(
-                    error_body(message, code="invalid_api_key"), status_code=401,
+                    error_body(message, code="invalid_api_key"),
+                    status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
                 await response(scope, receive, send)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from synatra_local.core.errors import SynatraError
 
-from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_CAP, create_app
+from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_CAP, DEFAULT_STREAM_INTERVAL, create_app
 
 if TYPE_CHECKING:
     from synatra_local.runtime.engine import Engine
@@ -30,6 +30,7 @@ def serve(
     cors_origins: Sequence[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
+    stream_interval: float = DEFAULT_STREAM_INTERVAL,
     verbose: bool = False,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
@@ -45,6 +46,7 @@ def serve(
         cors_origins=cors_origins,
         max_body_bytes=max_body_bytes,
         max_tokens_cap=max_tokens_cap,
+        stream_interval=stream_interval,
     )
     sock = sock or bind(host, port)
     config = _config(app, verbose=verbose)
@@ -123,6 +125,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
+        self.app = app
         self.host = host
         self._sock = bind(host, port)
         self.port = self._sock.getsockname()[1]

@@ -62,6 +62,12 @@ class _Pipe:
                 waiter = self._waiter = self._loop.create_future()
             await waiter
 
+    def drain(self) -> str:
+        """What arrived since the last `get`, without waiting (possibly nothing)."""
+        with self._lock:
+            pieces, self._pieces = self._pieces, []
+        return "".join(pieces)
+
     def _wake(self, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
@@ -135,11 +141,13 @@ class Scheduler:
             generation.close()
             raise
         try:
+            sent = -float("inf")
             while (text := await pipe.get()) is not None:
+                if interval and (wait := sent + interval - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # only when text comes faster than one piece per interval
+                    text += pipe.drain()
                 sent = loop.time()
                 yield text
-                if interval and (wait := sent + interval - loop.time()) > 0:
-                    await asyncio.sleep(wait)
         finally:
             generation.cancel()  # a no-op once the generation has finished
 
