@@ -206,6 +206,7 @@ class LlamaModel:
         n_gpu_layers: int = 0,
         seed: int = 0xFFFFFFFF,
         logits_all: bool = False,
+        flash_attn: bool = True,
     ) -> None:
         _recent_errors.clear()
         try:
@@ -219,6 +220,7 @@ class LlamaModel:
                 n_gpu_layers=n_gpu_layers,
                 seed=seed,
                 logits_all=logits_all,
+                flash_attn=flash_attn,
                 verbose=_verbose,
             )
         except (ValueError, RuntimeError) as exc:
