@@ -250,7 +250,8 @@ def test_next_turn_after_end_of_turn_evaluates_only_new_tokens(engine: Engine, m
 
     generation = engine.stream(turn2, GenerationOptions(max_tokens=4, seed=1))
     "".join(generation)
-    new_tokens = len(tokens2) - len(tokens1) - len(reply_ids)  # the end token and the new turn's text
+    # Only the new turn's text: the reply's last token and its end token were evaluated right after the reply.
+    new_tokens = len(tokens2) - len(tokens1) - len(reply_ids) - 1
     assert generation.stats.prompt_tokens == len(tokens2)
     assert generation.stats.evaluated_prompt_tokens == new_tokens
 

@@ -11,13 +11,28 @@ if TYPE_CHECKING:
 
 
 def load_engine(
-    model: str, *, ctx: int, threads: int | None, gpu_layers: str, template: str | None, verbose: bool, batch: int = 512
+    model: str,
+    *,
+    ctx: int,
+    threads: int | None,
+    gpu_layers: str,
+    template: str | None,
+    verbose: bool,
+    batch: int = 512,
+    conversation: bool = True,
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
     with stderr.status(f"loading {model}…", spinner="dots"):
         engine = Engine(
-            model, n_ctx=ctx, threads=threads, batch=batch, gpu_layers=gpu_layers, template=template, verbose=verbose
+            model,
+            n_ctx=ctx,
+            threads=threads,
+            batch=batch,
+            gpu_layers=gpu_layers,
+            template=template,
+            prefill_turn_end=conversation,
+            verbose=verbose,
         )
     if verbose or engine.offload.layers:
         stderr.print(f"[dim]{engine.offload.reason}; template {engine.template.name}[/]")

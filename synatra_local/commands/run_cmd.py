@@ -53,8 +53,10 @@ def run(
 ) -> None:
     """Answer one prompt with the model's own chat template; the reply streams to stdout."""
     text = sys.stdin.read().rstrip("\n") if prompt == "-" else prompt
-    engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
-                         batch=batch)
+    engine = load_engine(
+        model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose, batch=batch,
+        conversation=False,
+    )
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     options = generation_options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

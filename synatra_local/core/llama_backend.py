@@ -262,7 +262,7 @@ class LlamaModel:
 
     @property
     def cached_tokens(self) -> list[int]:
-        return [int(t) for t in self._llama._input_ids]
+        return [int(t) for t in self._llama._input_ids[: self._llama.n_tokens]]
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -293,6 +293,14 @@ class LlamaModel:
             min_p=sampling.min_p,
             repeat_penalty=sampling.repeat_penalty,
         )
+
+    def extend(self, tokens: list[int]) -> int:
+        """Evaluate the part of `tokens` the KV cache lacks, if the cache holds the rest; returns how many."""
+        cached = self._llama.n_tokens
+        if cached >= len(tokens) or len(tokens) > self.n_ctx or self.cached_tokens[:cached] != tokens[:cached]:
+            return 0
+        self._llama.eval(tokens[cached:])
+        return len(tokens) - cached
 
     def evaluate(self, tokens: list[int]) -> None:
         """Run the prompt from scratch (used to read logits)."""

@@ -113,6 +113,7 @@ class Engine:
         gpu_layers: str | int = "auto",
         template: str | None = None,
         busy: Literal["wait", "error"] = "wait",
+        prefill_turn_end: bool = True,
         verbose: bool = False,
     ) -> None:
         llama_backend.set_verbose(verbose)
@@ -127,6 +128,7 @@ class Engine:
         self._prompts = PromptBuilder(self._model, self.template)
         self._lock = threading.Lock()
         self._busy = busy
+        self._prefill_turn_end = prefill_turn_end
         self._current: threading.Event | None = None
 
     @property
@@ -299,6 +301,10 @@ class Engine:
         if turn is not None and stats.stop_reason != "stop":
             messages, prompt_text = turn
             self._prompts.remember(messages, prompt_text, detokenizer.text, tokens + reply, end_token)
+            if self._prefill_turn_end and stats.stop_reason in ("end_of_turn", "max_tokens"):
+                # The last sampled token(s) are not in the KV cache yet; evaluating them now, after the reply
+                # was shown, takes that work off the next turn's time to first token.
+                self._model.extend(tokens + reply + ([end_token] if end_token is not None else []))
 
 
 def _checked(options: GenerationOptions) -> GenerationOptions:
