@@ -417,3 +417,17 @@ def test_truncated_gguf(tmp_path: Path, tiny_gguf_v01: Path) -> None:
     with pytest.raises(ModelFileError) as info:
         Engine(broken)
     assert str(broken) in str(info.value)
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+def test_turn_end_is_evaluated_after_the_reply_only_when_asked(tiny_gguf_v01: Path, prefill: bool) -> None:
+    eng = Engine(tiny_gguf_v01, n_ctx=512, prefill_turn_end=prefill)
+    try:
+        messages = [{"role": "user", "content": "안녕하세요"}]
+        generation = eng.stream(messages, GenerationOptions(max_tokens=5, seed=3))
+        "".join(generation)
+        assert generation.stats.stop_reason == "max_tokens"
+        # The sampler hands out the 5th token before it is evaluated; prefilling evaluates it at once.
+        assert len(eng._model.cached_tokens) == generation.stats.prompt_tokens + (5 if prefill else 4)
+    finally:
+        eng.close()
