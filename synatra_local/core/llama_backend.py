@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from .errors import ModelFileError, SynatraError
 
@@ -307,7 +308,7 @@ class LlamaModel:
         self._llama.reset()
         self._llama.eval(tokens)
 
-    def logits(self) -> object:
+    def logits(self) -> np.ndarray:
         """Logits of every evaluated position, [n_tokens, n_vocab] (needs `logits_all=True`)."""
         return self._llama.scores[: self._llama.n_tokens]
 
