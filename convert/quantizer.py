@@ -11,7 +11,8 @@ import gguf
 
 from synatra_local.core import llama_backend
 from synatra_local.core.atomic import atomic_output, ensure_free_space
-from synatra_local.core.errors import SynatraError
+from synatra_local.core.errors import ModelFileError, SynatraError
+from synatra_local.core.gguf_info import read_model_info
 from synatra_local.core.progress import Progress, SilentProgress
 
 DEFAULT_TYPES = ("Q4_K_M", "Q8_0")
@@ -35,7 +36,7 @@ _BITS_PER_WEIGHT = {
     "Q3_K_S": 3.5,
     "Q2_K": 3.4,
 }
-_UNQUANTIZED = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
+_UNQUANTIZED = {"F32", "F16", "BF16"}
 
 
 def file_types() -> dict[str, int]:
@@ -68,20 +69,21 @@ class UnquantizedGGUF:
 def read_unquantized(path: Path) -> UnquantizedGGUF:
     """Check that a GGUF can be quantized (its matrices are F32/F16/BF16) and read its name and size."""
     try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as exc:
-        raise SynatraError(
-            f"{path} is not a readable GGUF file ({exc})", fix="pass a GGUF written by convert"
-        ) from exc
-    quantized = [t for t in reader.tensors if t.tensor_type not in _UNQUANTIZED]
+        info = read_model_info(path)
+    except ModelFileError as exc:
+        raise SynatraError(f"{exc.message}", fix="pass an unquantized GGUF written by convert") from exc
+    quantized = [t for t in info.tensors if t.type_name not in _UNQUANTIZED]
     if quantized:
         raise SynatraError(
-            f"{path} is already quantized (e.g. {quantized[0].name} is {quantized[0].tensor_type.name})",
+            f"{path} is already quantized (e.g. {quantized[0].name} is {quantized[0].type_name})",
             fix="quantize from the unquantized F16/BF16/F32 GGUF or from the Hugging Face checkpoint",
         )
-    field = reader.get_field("general.name")
-    name = field.contents() if field is not None else path.stem
-    return UnquantizedGGUF(path, str(name), sum(int(t.n_elements) for t in reader.tensors))
+    return UnquantizedGGUF(path, info.name or path.stem, info.parameters)
+
+
+def estimated_bytes(parameters: int, type_name: str) -> int:
+    """Roughly how large a quantization comes out, for the disk check and the progress bar."""
+    return int(parameters * _BITS_PER_WEIGHT.get(type_name, 16) / 8)
 
 
 def output_name(stem: str, type_name: str) -> str:
@@ -109,15 +111,32 @@ def quantize_gguf(
     for path in outputs.values():
         if path.exists() and not force:
             raise SynatraError(f"{path} already exists", fix="pass --force to overwrite it")
-    needed = sum(int(info.parameters * _BITS_PER_WEIGHT.get(t, 16) / 8 * 1.05) for t in outputs)
+    estimates = {t: estimated_bytes(info.parameters, t) for t in outputs}
+    needed = sum(int(size * 1.05) for size in estimates.values())
     ensure_free_space(next(iter(outputs.values())).parent, needed, what="the quantized files")
     threads = threads or os.cpu_count() or 1
     written = []
     for type_name, path in outputs.items():
-        _, ftype = parse_type(type_name)
-        progress.start(f"quantize → {path.name}", None)
-        with atomic_output(path, force=force) as partial:
-            llama_backend.quantize(source, partial, ftype, threads)
-        progress.finish()
+        _quantize_one(source, path, parse_type(type_name)[1], threads, estimates[type_name], force, progress)
         written.append(path)
     return written
+
+
+def _quantize_one(
+    source: Path, path: Path, ftype: int, threads: int, estimate: int, force: bool, progress: Progress
+) -> None:
+    """One output, with the bytes written so far (against the estimated size) as progress."""
+    progress.start(f"quantize → {path.name}", estimate)
+    shown = 0
+
+    def advance(size: int) -> None:
+        nonlocal shown
+        step = min(size, estimate) - shown
+        if step > 0:
+            progress.advance(step)
+            shown += step
+
+    with atomic_output(path, force=force) as partial:
+        llama_backend.quantize(source, partial, ftype, threads, on_written=advance)
+    advance(estimate)
+    progress.finish()

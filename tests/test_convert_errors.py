@@ -330,8 +330,8 @@ def test_interrupted_quantization_leaves_nothing(pristine, tmp_path: Path, monke
     real = llama_backend.quantize
     seen: list[tuple[bool, bool]] = []
 
-    def quantize_then_interrupt(source: Path, output: Path, ftype: int, threads: int) -> None:
-        real(source, output, ftype, threads)
+    def quantize_then_interrupt(source: Path, output: Path, ftype: int, threads: int, **kwargs: object) -> None:
+        real(source, output, ftype, threads, **kwargs)
         seen.append((Path(source).exists(), Path(output).exists()))
         raise KeyboardInterrupt
 

@@ -103,9 +103,9 @@ def quantized(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     calls: list[tuple[Path, bool, str]] = []
     real = llama_backend.quantize
 
-    def spy(source: Path, output: Path, ftype: int, threads: int) -> None:
+    def spy(source: Path, output: Path, ftype: int, threads: int, **kwargs: object) -> None:
         calls.append((Path(source), Path(source).is_file(), Path(output).name))
-        real(source, output, ftype, threads)
+        real(source, output, ftype, threads, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(llama_backend, "quantize", spy)
@@ -268,3 +268,32 @@ def test_keep_intermediate_with_f16_type(checkpoint: Path, tmp_path: Path) -> No
     paths = quantize(checkpoint, ["F16", "Q8_0"], output_dir=tmp_path, keep_intermediate=True, threads=2)
     assert tmp_path / f"{STEM}-F16.gguf" in paths and tmp_path / f"{STEM}-Q8_0.gguf" in paths
     assert listing(tmp_path) == [f"{STEM}-F16.gguf", f"{STEM}-Q8_0.gguf"]
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, int | None, int]] = []
+
+    def start(self, description: str, total: int | None) -> None:
+        self.steps.append((description, total, 0))
+
+    def advance(self, amount: int) -> None:
+        description, total, done = self.steps[-1]
+        self.steps[-1] = (description, total, done + amount)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_progress_reports_each_step_to_its_total(checkpoint: Path, tmp_path: Path) -> None:
+    """Embedders get convert and quantize progress through their own Progress; each step ends at its total."""
+    progress = RecordingProgress()
+    quantize(checkpoint, ["Q8_0", "Q4_K_M"], output_dir=tmp_path, threads=2, progress=progress)
+    names = [description for description, _, _ in progress.steps]
+    assert names[0].startswith("convert") and names[1:] == [
+        f"quantize → {STEM}-Q8_0.gguf",
+        f"quantize → {STEM}-Q4_K_M.gguf",
+    ]
+    for description, total, done in progress.steps:
+        assert total is not None and total > 0, description
+        assert done == total, description

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +91,13 @@ def devices() -> list[Device]:
     return found
 
 
-def quantize(source: Path, output: Path, ftype: int, threads: int) -> None:
-    """llama.cpp's own quantizer (`llama_model_quantize`), run in a thread so Ctrl-C stays responsive."""
+def quantize(
+    source: Path, output: Path, ftype: int, threads: int, on_written: Callable[[int], None] | None = None
+) -> None:
+    """llama.cpp's own quantizer (`llama_model_quantize`), run in a thread so Ctrl-C stays responsive.
+
+    llama.cpp reports no progress, so `on_written` is told how many bytes the output holds, five times a second.
+    """
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
     params.ftype = ftype
@@ -107,6 +112,8 @@ def quantize(source: Path, output: Path, ftype: int, threads: int) -> None:
     worker.start()
     while worker.is_alive():
         worker.join(0.2)
+        if on_written is not None and output.exists():
+            on_written(output.stat().st_size)
     if not result or result[0] != 0:
         detail = "; ".join(_recent_errors) or "llama.cpp reported a failure"
         raise SynatraError(
