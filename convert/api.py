@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from synatra_local.core.atomic import refuse_existing
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.progress import Progress
 
@@ -63,9 +64,7 @@ def quantize(
     checkpoint = open_checkpoint(resolved.folder, repo_id=resolved.repo_id, revision=resolved.revision)
     stem = model_stem(checkpoint)
     outputs = {t: output_dir / output_name(stem, t) for t in names}
-    for path in outputs.values():
-        if path.exists() and not force:
-            raise SynatraError(f"{path} already exists", fix="pass --force to overwrite it")
+    refuse_existing(outputs.values(), force=force)
     outtype = resolve_outtype("auto", checkpoint).upper()
     # When the unquantized type is itself asked for, the intermediate is that output.
     keep = keep_intermediate or outtype in outputs

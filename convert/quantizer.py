@@ -10,7 +10,7 @@ from pathlib import Path
 import gguf
 
 from synatra_local.core import llama_backend
-from synatra_local.core.atomic import atomic_output, ensure_free_space
+from synatra_local.core.atomic import atomic_output, ensure_free_space, refuse_existing
 from synatra_local.core.errors import ModelFileError, SynatraError
 from synatra_local.core.gguf_info import read_model_info
 from synatra_local.core.progress import Progress, SilentProgress
@@ -108,9 +108,7 @@ def quantize_gguf(
     if not outputs:
         return []
     info = read_unquantized(source)
-    for path in outputs.values():
-        if path.exists() and not force:
-            raise SynatraError(f"{path} already exists", fix="pass --force to overwrite it")
+    refuse_existing(outputs.values(), force=force)
     estimates = {t: estimated_bytes(info.parameters, t) for t in outputs}
     needed = sum(int(size * 1.05) for size in estimates.values())
     ensure_free_space(next(iter(outputs.values())).parent, needed, what="the quantized files")

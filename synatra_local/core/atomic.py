@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import SynatraError
@@ -20,10 +20,7 @@ def atomic_output(target: Path, *, force: bool = False) -> Iterator[Path]:
     Any exception, KeyboardInterrupt included, removes the temporary file, so no partial output is left.
     """
     target = Path(target)
-    if target.exists() and not force:
-        raise SynatraError(
-            f"{target} already exists", fix="pass --force to overwrite it, or choose another name"
-        )
+    refuse_existing([target], force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
@@ -35,6 +32,17 @@ def atomic_output(target: Path, *, force: bool = False) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
         raise
+
+
+def refuse_existing(targets: Iterable[Path], *, force: bool) -> None:
+    """Outputs are never overwritten silently; checked for all of them before any work starts."""
+    if force:
+        return
+    for target in targets:
+        if Path(target).exists():
+            raise SynatraError(
+                f"{target} already exists", fix="pass --force to overwrite it, or choose another name"
+            )
 
 
 def ensure_free_space(folder: Path, needed_bytes: int, *, what: str) -> None:

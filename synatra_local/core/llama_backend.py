@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -61,18 +62,7 @@ class Device:
 
 def devices() -> list[Device]:
     """Every ggml backend device (CPU, CUDA GPUs, ...) with its free and total memory."""
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"))
-    base = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    for fn in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
-        fn.restype = ctypes.c_char_p
-        fn.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_dev_type.restype = ctypes.c_int
-    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    size_p = ctypes.POINTER(ctypes.c_size_t)
-    base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    lib, base = _ggml(), _ggml_base()
     found = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
@@ -142,8 +132,27 @@ _GGUF_SCALARS = {
 _GGUF_STRING = 8
 
 
-def _gguf_lib() -> ctypes.CDLL:
+@functools.cache
+def _ggml() -> ctypes.CDLL:
+    """The binding's libggml (device registry), with the prototypes we call declared once."""
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"))
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    return lib
+
+
+@functools.cache
+def _ggml_base() -> ctypes.CDLL:
+    """The binding's libggml-base (devices' details, the gguf reader), with our prototypes declared once."""
     lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
     lib.gguf_init_from_file.restype = ctypes.c_void_p
     lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, _GGUFInitParams]
     lib.gguf_free.argtypes = [ctypes.c_void_p]
@@ -166,7 +175,7 @@ def read_gguf_header(path: Path) -> GGUFHeader | None:
 
     Returns None when ggml cannot parse the file (damaged or truncated).
     """
-    lib = _gguf_lib()
+    lib = _ggml_base()
     handle = lib.gguf_init_from_file(os.fsencode(path), _GGUFInitParams(True, None))
     if not handle:
         return None

@@ -300,11 +300,11 @@ class Engine:
                 yield tail
         if turn is not None and stats.stop_reason != "stop":
             messages, prompt_text = turn
-            self._prompts.remember(messages, prompt_text, detokenizer.text, tokens + reply, end_token)
+            turn_tokens = self._prompts.remember(messages, prompt_text, detokenizer.text, tokens + reply, end_token)
             if self._prefill_turn_end and stats.stop_reason in ("end_of_turn", "max_tokens"):
                 # The last sampled token(s) are not in the KV cache yet; evaluating them now, after the reply
                 # was shown, takes that work off the next turn's time to first token.
-                self._model.extend(tokens + reply + ([end_token] if end_token is not None else []))
+                self._model.extend(turn_tokens)
 
 
 def _checked(options: GenerationOptions) -> GenerationOptions:

@@ -95,8 +95,11 @@ class PromptBuilder:
 
     def remember(
         self, messages: Sequence[Message], prompt_text: str, reply: str, tokens: list[int], end_token: int | None
-    ) -> None:
-        """Record a finished turn: the prompt tokens, the reply's own tokens and its end token, if it had one."""
+    ) -> list[int]:
+        """Record a finished turn: the prompt tokens, the reply's own tokens and its end token, if it had one.
+
+        Returns the whole turn's tokens, as the next turn will start from them.
+        """
         end_text = self._model.token_text(end_token) if end_token is not None else ""
         self._remembered = _Remembered(
             list(messages) + [{"role": "assistant", "content": reply}],
@@ -104,6 +107,7 @@ class PromptBuilder:
             tokens + ([end_token] if end_token is not None else []),
             end_token is not None,
         )
+        return self._remembered.tokens
 
     def _starts_fresh(self, known: _Remembered, new_text: str) -> bool:
         """New text may be tokenized on its own only at a special-token boundary, where ids cannot merge."""
