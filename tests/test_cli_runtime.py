@@ -96,6 +96,7 @@ def launched(tiny_gguf_v01: Path, work: Path) -> Iterator[Launched]:
     procs.start("demo", ["demo", "-o", str(work / "demo"), "-n", "8"])
     procs.start("run_a", ["run", model, "안녕", "-n", "8", "--seed", "1"])
     procs.start("run_b", ["run", model, "안녕", "-n", "8", "--seed", "1"])
+    procs.start("run_no_repack", ["run", model, "안녕", "-n", "8", "--seed", "1", "--no-repack"])
     procs.start("run_stdin", ["run", model, "-", "-n", "8", "--seed", "1"], stdin="안녕")
     procs.start("run_stdin_newline", ["run", model, "-", "-n", "8", "--seed", "1"], stdin="안녕\n")
     procs.start("run_verbose", ["run", model, "안녕", "-n", "8", "--seed", "1", "--verbose"])
@@ -212,6 +213,12 @@ def test_run_prints_the_reply_and_repeats_with_a_seed(launched: Launched) -> Non
     assert a.out.endswith("\n") and a.out.strip()
     assert a.out == b.out
     assert "tok/s" not in a.err and "Traceback" not in a.err
+
+
+def test_run_no_repack_gives_the_same_reply(launched: Launched) -> None:
+    a, plain = launched.result("run_a"), launched.result("run_no_repack")
+    assert plain.rc == 0, plain.err
+    assert plain.out == a.out
 
 
 def test_run_ctrl_c_exits_130_without_traceback(launched: Launched, tiny_gguf_v01: Path) -> None:

@@ -19,6 +19,7 @@ def load_engine(
     template: str | None,
     verbose: bool,
     batch: int = 512,
+    no_repack: bool = False,
     conversation: bool = True,
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
@@ -32,6 +33,7 @@ def load_engine(
             gpu_layers=gpu_layers,
             template=template,
             prefill_turn_end=conversation,
+            repack=not no_repack,
             verbose=verbose,
         )
     if verbose or engine.offload.layers:

@@ -18,6 +18,7 @@ from .options import (
     MaxTokens,
     MinP,
     ModelArg,
+    NoRepack,
     RepeatPenalty,
     Seed,
     Stop,
@@ -57,13 +58,14 @@ def chat(
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
     batch: Batch = 512,
+    no_repack: NoRepack = False,
     verbose: Verbose = False,
 ) -> None:
     """Chat in the terminal; replies stream as they are generated."""
     from synatra_local.runtime.conversation import Conversation
 
     engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
-                         batch=batch)
+                         batch=batch, no_repack=no_repack)
     options = generation_options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, stop=stop,

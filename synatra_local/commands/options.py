@@ -27,6 +27,14 @@ GpuLayers = Annotated[
     str, typer.Option("--gpu-layers", "-ngl", help="Layers on the GPU: auto, all, or a number (0 = CPU).")
 ]
 Batch = Annotated[int, typer.Option("--batch", help="Prompt tokens evaluated per batch.")]
+NoRepack = Annotated[
+    bool,
+    typer.Option(
+        "--no-repack",
+        help="Keep weights in the memory-mapped file instead of llama.cpp's faster CPU layout: "
+        "about the model's size less RAM and a faster load, slower prompts.",
+    ),
+]
 Template = Annotated[
     str | None,
     typer.Option("--template", help="Prompt format: synatra-v0.1, synatra-v0.2, chatml, jinja, or a .jinja file."),

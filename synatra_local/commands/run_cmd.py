@@ -16,6 +16,7 @@ from .options import (
     MaxTokens,
     MinP,
     ModelArg,
+    NoRepack,
     RepeatPenalty,
     Seed,
     Stop,
@@ -49,13 +50,14 @@ def run(
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
     batch: Batch = 512,
+    no_repack: NoRepack = False,
     verbose: Verbose = False,
 ) -> None:
     """Answer one prompt with the model's own chat template; the reply streams to stdout."""
     text = sys.stdin.read().rstrip("\n") if prompt == "-" else prompt
     engine = load_engine(
         model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose, batch=batch,
-        conversation=False,
+        no_repack=no_repack, conversation=False,
     )
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     options = generation_options(

@@ -8,7 +8,7 @@ import typer
 
 from ._app import run_app, stderr
 from ._engine import load_engine
-from .options import Batch, Ctx, GpuLayers, ModelArg, Template, Threads, Verbose
+from .options import Batch, Ctx, GpuLayers, ModelArg, NoRepack, Template, Threads, Verbose
 
 app = typer.Typer(add_completion=False)
 
@@ -48,6 +48,7 @@ def serve(
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
     batch: Batch = 512,
+    no_repack: NoRepack = False,
     template: Template = None,
     verbose: Verbose = False,
 ) -> None:
@@ -62,7 +63,7 @@ def serve(
     sock = bind(host, port)
     try:
         engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template,
-                             verbose=verbose, batch=batch)
+                             verbose=verbose, batch=batch, no_repack=no_repack)
     except BaseException:
         sock.close()
         raise

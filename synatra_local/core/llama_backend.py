@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -19,6 +20,7 @@ from .errors import ModelFileError, SynatraError
 
 _recent_errors: deque[str] = deque(maxlen=20)
 _verbose = False
+_loading = threading.Lock()
 
 
 @llama_cpp.llama_log_callback
@@ -201,6 +203,28 @@ def read_gguf_header(path: Path) -> GGUFHeader | None:
     return GGUFHeader(values, tensors)
 
 
+@contextlib.contextmanager
+def _model_defaults(*, repack: bool) -> Iterator[None]:
+    """Model parameters the binding's `Llama` does not expose, set on the defaults it starts from.
+
+    `repack=False` turns off llama.cpp's extra CPU buffer types, which copy weights into a faster layout
+    at load: that copy is as large as the weights it repacks, on top of the memory-mapped file.
+    """
+    low_level = llama_cpp.llama_cpp
+    original = low_level.llama_model_default_params
+
+    def defaults() -> llama_cpp.llama_model_params:
+        params = original()
+        params.use_extra_bufts = repack
+        return params
+
+    low_level.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = original
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.7
@@ -224,22 +248,24 @@ class LlamaModel:
         seed: int = 0xFFFFFFFF,
         logits_all: bool = False,
         flash_attn: bool = True,
+        repack: bool = True,
     ) -> None:
         _recent_errors.clear()
         try:
-            self._llama = llama_cpp.Llama(
-                str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_batch=n_batch,
-                n_ubatch=n_batch,
-                n_gpu_layers=n_gpu_layers,
-                seed=seed,
-                logits_all=logits_all,
-                flash_attn=flash_attn,
-                verbose=_verbose,
-            )
+            with _loading, _model_defaults(repack=repack):
+                self._llama = llama_cpp.Llama(
+                    str(path),
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_batch=n_batch,
+                    n_ubatch=n_batch,
+                    n_gpu_layers=n_gpu_layers,
+                    seed=seed,
+                    logits_all=logits_all,
+                    flash_attn=flash_attn,
+                    verbose=_verbose,
+                )
         except (ValueError, RuntimeError) as exc:
             detail = "; ".join(_recent_errors) or str(exc)
             raise ModelFileError(

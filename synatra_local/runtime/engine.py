@@ -114,6 +114,7 @@ class Engine:
         template: str | None = None,
         busy: Literal["wait", "error"] = "wait",
         prefill_turn_end: bool = True,
+        repack: bool = True,
         verbose: bool = False,
     ) -> None:
         llama_backend.set_verbose(verbose)
@@ -122,7 +123,7 @@ class Engine:
         n_ctx = min(n_ctx, self.info.context_length or n_ctx)
         self.offload: OffloadPlan = plan_offload(self.info, gpu_layers, n_ctx=n_ctx)
         self._model = llama_backend.LlamaModel(
-            self.path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, n_gpu_layers=self.offload.layers
+            self.path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, n_gpu_layers=self.offload.layers, repack=repack
         )
         self.template: PromptTemplate = select_template(self.info, self._model, template)
         self._prompts = PromptBuilder(self._model, self.template)

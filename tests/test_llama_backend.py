@@ -1,0 +1,75 @@
+"""The llama.cpp boundary: model parameters the binding does not expose reach llama.cpp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from synatra_local.core import llama_backend
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_k_m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Q4_K weights are the ones llama.cpp repacks on x86 CPUs with AVX2."""
+    from synatra_local.convert import quantize
+    from synatra_local.convert.tiny import build_checkpoint
+
+    root = tmp_path_factory.mktemp("repack")
+    (path,) = quantize(build_checkpoint(root / "Synatra-V0.1-tiny"), ["Q4_K_M"], output_dir=root)
+    return path
+
+
+def _load_log(path: Path, capsys: pytest.CaptureFixture[str], **kwargs: bool) -> str:
+    capsys.readouterr()
+    llama_backend.set_verbose(True)
+    try:
+        llama_backend.LlamaModel(path, n_ctx=256, **kwargs).close()
+    finally:
+        llama_backend.set_verbose(False)
+    return capsys.readouterr().err
+
+
+def test_repack_is_llama_cpps_default_and_can_be_turned_off(
+    tiny_q4_k_m: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repacked = _load_log(tiny_q4_k_m, capsys)
+    plain = _load_log(tiny_q4_k_m, capsys, repack=False)
+    assert "load_tensors" in repacked and "load_tensors" in plain
+    if "AVX2 = 1" in llama_backend.system_info():
+        assert "CPU_REPACK model buffer" in repacked
+    assert "CPU_REPACK" not in plain
+    assert "CPU_Mapped model buffer" in plain
+
+
+def test_model_defaults_are_restored_after_loading(tiny_q4_k_m: Path) -> None:
+    before = llama_cpp.llama_cpp.llama_model_default_params
+    llama_backend.LlamaModel(tiny_q4_k_m, n_ctx=256, repack=False).close()
+    assert llama_cpp.llama_cpp.llama_model_default_params is before
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts
+
+
+def test_a_failed_load_restores_the_defaults_too(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    before = llama_cpp.llama_cpp.llama_model_default_params
+    with pytest.raises(llama_backend.ModelFileError):
+        llama_backend.LlamaModel(bad, n_ctx=256, repack=False)
+    assert llama_cpp.llama_cpp.llama_model_default_params is before
+
+
+def test_greedy_tokens_do_not_depend_on_the_weight_layout(tiny_q4_k_m: Path) -> None:
+    sampling = llama_backend.SamplingParams(temperature=0.0)
+    replies = []
+    for repack in (True, False):
+        model = llama_backend.LlamaModel(tiny_q4_k_m, n_ctx=256, repack=repack)
+        prompt = model.tokenize("대한민국은 민주공화국이다.", add_bos=True, special=False)
+        tokens = []
+        for token in model.generate(prompt, sampling):
+            tokens.append(token)
+            if len(tokens) == 16:
+                break
+        replies.append(tokens)
+        model.close()
+    assert replies[0] == replies[1]
