@@ -119,6 +119,28 @@ def create_app(
             )
         return model_object()
 
+    async def respond(
+        start: Callable[[], Generation],
+        prompt_param: str,
+        body: SamplingFields,
+        request: Request,
+        max_tokens: int | None,
+        max_param: str,
+        *,
+        chat: bool,
+    ) -> Any:
+        """Both endpoints from here on: start (prompt checked), check the room, then stream events or one JSON."""
+        generation = await run_in_threadpool(_start, start, prompt_param)
+        _check_room(engine, generation, max_tokens, max_param)
+        reply = _Reply("chatcmpl" if chat else "cmpl", model_id, generation.stats.prompt_tokens)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            make_events = _chat_events if chat else _completion_events
+            events = make_events(scheduler, generation, reply, usage, stream_interval)
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        text = await _collect(scheduler, generation, request)
+        return reply.chat_completion(text, generation) if chat else reply.text_completion(text, generation)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         if body.n not in (None, 1):
@@ -134,17 +156,8 @@ def create_app(
             else (body.max_tokens, "max_tokens")
         )
         options = _options(body, max_tokens, param, max_tokens_cap)
-        generation, prompt_tokens = await run_in_threadpool(
-            _start, lambda: engine.stream(messages, options), "messages"
-        )
-        _check_room(engine, generation, prompt_tokens, max_tokens, param)
-        reply = _Reply("chatcmpl", model_id, prompt_tokens)
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _chat_events(scheduler, generation, reply, usage, stream_interval)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(scheduler, generation, request)
-        return reply.chat_completion(text, generation)
+        return await respond(lambda: engine.stream(messages, options), "messages", body, request, max_tokens, param,
+                             chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -162,17 +175,9 @@ def create_app(
             prompt = body.prompt[0]
         else:
             prompt = body.prompt
-        max_tokens = body.max_tokens
-        options = _options(body, max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens", max_tokens_cap)
-        generation, prompt_tokens = await run_in_threadpool(_start, lambda: engine.complete(prompt, options), "prompt")
-        _check_room(engine, generation, prompt_tokens, options.max_tokens, "max_tokens")
-        reply = _Reply("cmpl", model_id, prompt_tokens)
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _completion_events(scheduler, generation, reply, usage, stream_interval)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(scheduler, generation, request)
-        return reply.text_completion(text, generation)
+        options = _options(body, body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens", max_tokens_cap)
+        return await respond(lambda: engine.complete(prompt, options), "prompt", body, request, options.max_tokens,
+                             "max_tokens", chat=False)
 
     return app
 
@@ -228,7 +233,7 @@ def _options(body: SamplingFields, max_tokens: int | None, param: str, cap: int)
     return GenerationOptions(max_tokens=max_tokens or cap, seed=seed, stop=tuple(s for s in stop if s), **given)
 
 
-def _start(start: Callable[[], Generation], param: str) -> tuple[Generation, int]:
+def _start(start: Callable[[], Generation], param: str) -> Generation:
     """Tokenize and check the prompt (in a worker thread: long prompts take a while); the engine is not taken."""
     try:
         generation = start()
@@ -236,11 +241,12 @@ def _start(start: Callable[[], Generation], param: str) -> tuple[Generation, int
         failure = _failure(exc)
         failure.param = param
         raise failure from exc
-    return generation, generation.stats.prompt_tokens
+    return generation
 
 
-def _check_room(engine: Engine, generation: Generation, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
+def _check_room(engine: Engine, generation: Generation, max_tokens: int | None, param: str) -> None:
     """The prompt and the reply asked for must fit the context together (as OpenAI checks it)."""
+    prompt_tokens = generation.stats.prompt_tokens
     if max_tokens is not None and prompt_tokens + max_tokens > engine.n_ctx:
         generation.close()
         raise APIError(
