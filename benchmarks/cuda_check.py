@@ -69,13 +69,13 @@ def child_logits(path: Path, layers: int, tokens: list[int], flash_attn: bool) -
     np.save(sys.stdout.buffer, np.array(model.logits(), dtype=np.float64))
 
 
-def child_run(path: Path, gpu_layers: str, tokens: int, threads: int | None) -> None:
+def child_run(path: Path, gpu_layers: str, tokens: int, threads: int | None, repack: bool) -> None:
     """Load, answer one prompt greedily, and print what it took: VRAM, tokens, speeds."""
     from synatra_local.runtime.engine import Engine, GenerationOptions
 
     free_before = gpu_free_bytes()
     start = time.perf_counter()
-    engine = Engine(path, n_ctx=4096, threads=threads, gpu_layers=gpu_layers)
+    engine = Engine(path, n_ctx=4096, threads=threads, gpu_layers=gpu_layers, repack=repack)
     load_s = time.perf_counter() - start
     generation = engine.stream(
         [{"role": "user", "content": PROMPT * 4}], GenerationOptions(max_tokens=tokens, temperature=0.0, seed=1)
@@ -108,8 +108,8 @@ def spawn(*args: str) -> subprocess.CompletedProcess[bytes]:
     return done
 
 
-def run(path: Path, gpu_layers: str, tokens: int = 32, threads: int | None = None) -> dict:
-    out = spawn("run", str(path), gpu_layers, str(tokens), str(threads or 0)).stdout.decode()
+def run(path: Path, gpu_layers: str, tokens: int = 32, threads: int | None = None, repack: bool = True) -> dict:
+    out = spawn("run", str(path), gpu_layers, str(tokens), str(threads or 0), str(int(repack))).stdout.decode()
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -202,12 +202,20 @@ def check_budget(path: Path, size: str) -> None:
     fp = footprint(read_model_info(path), n_ctx=4096)
     budget = 512 * MIB + fp.compute_bytes + fp.total // 2
     plan = choose_layers(fp, "auto", can_offload=True, free_vram=budget)
-    result = run(path, str(plan.layers), tokens=8)
+    result = run(path, str(plan.layers), tokens=32)
     record(
         f"budget {size}: {budget / MIB:.0f} MiB free → {plan.layers}/{plan.total_layers} layers",
         0 < plan.layers < plan.total_layers and result["vram_used"] <= budget,
         f"loaded and answered; took {result['vram_used'] / MIB:.0f} MiB of the {budget / MIB:.0f} MiB budget",
         budget=budget, layers=plan.layers, used=result["vram_used"],
+    )
+    plain = run(path, str(plan.layers), tokens=32, repack=False)
+    record(
+        f"split {size} {plan.layers}/{plan.total_layers} layers: CPU repack on vs off",
+        None,
+        f"prompt {result['prompt_tps']:.0f} vs {plain['prompt_tps']:.0f} tok/s, "
+        f"decode {result['decode_tps']:.1f} vs {plain['decode_tps']:.1f} tok/s",
+        repack=result | {"text": None}, no_repack=plain | {"text": None},
     )
 
 
@@ -241,7 +249,7 @@ def main() -> int:
         if kind == "logits":
             child_logits(Path(path), int(rest[0]), json.loads(rest[1]), bool(int(rest[2])))
         else:
-            child_run(Path(path), rest[0], int(rest[1]), int(rest[2]) or None)
+            child_run(Path(path), rest[0], int(rest[1]), int(rest[2]) or None, bool(int(rest[3])))
         return 0
 
     from synatra_local.core import llama_backend
