@@ -22,6 +22,7 @@ def doctor(
 ) -> None:
     """Python and binding versions, CPU features, GPU offload, devices and free memory, and the plan for MODEL."""
     from synatra_local.core import llama_backend
+    from synatra_local.core.cpu import physical_cores
     from synatra_local.runtime.offload import CUDA_INSTALL, footprint, plan_offload, recommend_quantization
 
     devices = llama_backend.devices()
@@ -29,6 +30,7 @@ def doctor(
     print(f"python          {sys.version.split()[0]} ({platform.platform()})")
     print(f"llama-cpp-python {llama_backend.binding_version()}")
     print(f"cpu features    {llama_backend.system_info()}")
+    print(f"threads         {physical_cores()} (one per physical core; --threads changes it)")
     print(f"gpu offload     {'yes' if llama_backend.supports_gpu_offload() else 'no (CPU-only build)'}")
     for d in devices:
         print(f"device          {d.name} ({d.kind}, {d.description}): "

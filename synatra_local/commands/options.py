@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")]
-Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: all cores).")]
+Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: one per physical core).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log and timing stats.")]
 Revision = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 PromptFormat = Annotated[

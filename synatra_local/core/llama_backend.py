@@ -16,6 +16,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from .cpu import physical_cores
 from .errors import ModelFileError, SynatraError
 
 _recent_errors: deque[str] = deque(maxlen=20)
@@ -251,6 +252,7 @@ class LlamaModel:
         repack: bool = True,
     ) -> None:
         _recent_errors.clear()
+        n_threads = n_threads or physical_cores()
         try:
             with _loading, _model_defaults(repack=repack):
                 self._llama = llama_cpp.Llama(
@@ -286,6 +288,10 @@ class LlamaModel:
     @property
     def n_ctx(self) -> int:
         return self._llama.n_ctx()
+
+    @property
+    def n_threads(self) -> int:
+        return self._llama.n_threads
 
     @property
     def n_vocab(self) -> int:
