@@ -3,6 +3,7 @@
 In one run, on one GGUF (the 7B-shaped Q4_K_M that bench_convert.py makes, or a tiny model if absent):
   1. prompt tokens/s and decode tokens/s through `Engine.stream` vs the binding's low-level loop
      (`llama_decode` on a batch, greedy `llama_sampler`), same threads, same prompt, same number of tokens;
+     then decode again, alternated on one loaded model: the engine vs a bare loop on the engine's own context;
   2. time to first token at turn 1 and turn 10 of a conversation whose new messages have equal length.
 Targets: decode and prompt ≥ 0.98× llama.cpp; turn-10 TTFT ≤ 1.2× turn-1 TTFT.
 Usage: python benchmarks/bench_runtime.py [--model PATH] [--threads N] [--prompt-tokens N] [--tokens N]
@@ -112,6 +113,54 @@ def ours(path: Path, text: str, n_decode: int, threads: int, n_ctx: int) -> tupl
     return s.prompt_tokens / s.time_to_first_token, s.tokens_per_second, len(tokens)
 
 
+def same_context(
+    path: Path, text: str, n_decode: int, threads: int | None, repeats: int, gpu_layers: str = "0"
+) -> tuple[float, float]:
+    """Decode tok/s of `Engine.complete` and of a bare `llama_decode` loop on the engine's own context, alternated.
+
+    Same process, same loaded weights, same context: what is left between the two is our per-token work,
+    without the drift between two separately loaded models that the first comparison also sees.
+    """
+    import llama_cpp
+
+    from synatra_local.runtime.engine import Engine, GenerationOptions
+
+    engine = Engine(path, n_ctx=4096, threads=threads, gpu_layers=gpu_layers)
+    llama = engine._model._llama
+    ctx = llama._ctx.ctx
+    memory = llama_cpp.llama_get_memory(ctx)
+
+    def bare() -> float:
+        llama.reset()
+        llama_cpp.llama_memory_clear(memory, True)
+        ids = llama.tokenize(text.encode(), add_bos=True)
+        prompt = (llama_cpp.llama_token * len(ids))(*ids)  # kept alive: the batch only points at it
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(prompt, len(ids)))
+        sampler = llama_cpp.llama_sampler_init_greedy()
+        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
+        one = (llama_cpp.llama_token * 1)()
+        start = time.perf_counter()
+        for _ in range(n_decode - 1):
+            one[0] = token
+            llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1))
+            token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
+        seconds = time.perf_counter() - start
+        llama_cpp.llama_sampler_free(sampler)
+        llama_cpp.llama_memory_clear(memory, True)
+        llama.reset()
+        return (n_decode - 1) / seconds
+
+    def engine_decode() -> float:
+        generation = engine.complete(text, GenerationOptions(max_tokens=n_decode, temperature=0.0, repeat_penalty=1.0))
+        for _ in generation:
+            pass
+        return generation.stats.tokens_per_second
+
+    pairs = [(bare(), engine_decode()) for _ in range(repeats)]
+    engine.close()
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
 def ttft_turns(path: Path, threads: int, turns: int = 10) -> tuple[list[float], list[int], list[int]]:
     from synatra_local.runtime.engine import Engine, GenerationOptions
 
@@ -162,6 +211,7 @@ def main() -> None:
             ))
         medians = [statistics.median(col) for col in zip(*runs, strict=True)]
         our_prompt, our_decode, n_prompt, ref_prompt, ref_decode = medians
+        bare_decode, engine_decode = same_context(path, prompt_text, args.tokens, args.threads, args.repeats)
         conversations = [ttft_turns(path, args.threads) for _ in range(args.repeats)]
         firsts = [statistics.median(col) for col in zip(*(c[0] for c in conversations), strict=True)]
         evaluated, positions = conversations[0][1], conversations[0][2]
@@ -173,6 +223,8 @@ def main() -> None:
           f"{our_prompt / ref_prompt:>8.2f}")
     print(f"{'decode tok/s (' + str(args.tokens) + ' tokens)':<30}{ref_decode:>12.1f}{our_decode:>15.1f}"
           f"{our_decode / ref_decode:>8.2f}")
+    print(f"{'decode, same context':<30}{bare_decode:>12.1f}{engine_decode:>15.1f}{engine_decode / bare_decode:>8.2f}"
+          "  (bare llama_decode loop on the engine's own context, alternated)")
     print(f"TTFT turn 1: {firsts[0] * 1000:.0f} ms ({evaluated[0]} tokens evaluated); turn {len(firsts)}: "
           f"{firsts[-1] * 1000:.0f} ms ({evaluated[-1]} evaluated after {positions[-1]} cached); "
           f"ratio {firsts[-1] / firsts[0]:.2f} (target ≤ 1.2)")

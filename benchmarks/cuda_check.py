@@ -100,6 +100,14 @@ def child_run(path: Path, gpu_layers: str, tokens: int, threads: int | None, rep
     )
 
 
+def child_overhead(path: Path) -> None:
+    """Decode through the engine vs a bare llama_decode loop on its own context, every layer on the GPU."""
+    from bench_runtime import same_context
+
+    bare, ours = same_context(path, PROMPT * 4, 128, None, 3, gpu_layers="all")
+    print(json.dumps({"bare": bare, "engine": ours}))
+
+
 def spawn(*args: str) -> subprocess.CompletedProcess[bytes]:
     done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True)
     if done.returncode:
@@ -233,6 +241,15 @@ def check_speed(path: Path, size: str) -> None:
         gpu=gpu | {"text": None}, cpu=cpu | {"text": None},
     )
     pairs = zip(gpu["text"], cpu["text"], strict=False)
+    out = spawn("overhead", str(path)).stdout.decode()
+    same = json.loads(out.strip().splitlines()[-1])
+    record(
+        f"per-token overhead {size} on the GPU",
+        None,
+        f"engine {same['engine']:.1f} tok/s vs a bare llama_decode loop on its own context {same['bare']:.1f} "
+        f"({same['engine'] / same['bare']:.2f}×)",
+        **same,
+    )
     prefix = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(gpu["text"]), len(cpu["text"])))
     record(f"greedy text {size}, GPU vs CPU", None, f"identical for the first {prefix} of {len(cpu['text'])} chars")
 
@@ -246,7 +263,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         kind, path, *rest = args.child
-        if kind == "logits":
+        if kind == "overhead":
+            child_overhead(Path(path))
+        elif kind == "logits":
             child_logits(Path(path), int(rest[0]), json.loads(rest[1]), bool(int(rest[2])))
         else:
             child_run(Path(path), rest[0], int(rest[1]), int(rest[2]) or None, bool(int(rest[3])))
