@@ -31,8 +31,8 @@ NoRepack = Annotated[
     bool,
     typer.Option(
         "--no-repack",
-        help="Keep weights in the memory-mapped file instead of llama.cpp's faster CPU layout: "
-        "about the model's size less RAM and a faster load, slower prompts.",
+        help="Skip llama.cpp's CPU weight repacking: about the model's size less RAM and a near-instant load, "
+        "somewhat slower decoding.",
     ),
 ]
 Template = Annotated[
