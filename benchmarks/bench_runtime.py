@@ -33,6 +33,23 @@ def tiny_model(folder: Path) -> Path:
     return quantize(checkpoint, ["Q4_K_M"], output_dir=folder)[0]
 
 
+def greedy_decode(ctx: object, n_decode: int) -> float:
+    """Tokens/s of llama.cpp's own greedy loop on `ctx`, whose prompt has just been decoded."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_greedy()
+    token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
+    one = (llama_cpp.llama_token * 1)()
+    start = time.perf_counter()
+    for _ in range(n_decode - 1):
+        one[0] = token
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1))
+        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
+    seconds = time.perf_counter() - start
+    llama_cpp.llama_sampler_free(sampler)
+    return (n_decode - 1) / seconds
+
+
 def reference(path: Path, prompt: list[int], n_decode: int, threads: int, n_ctx: int) -> tuple[float, float]:
     """Prompt and decode tokens/s of llama.cpp through the binding's C API, with no Python layer of ours."""
     import llama_cpp
@@ -44,24 +61,15 @@ def reference(path: Path, prompt: list[int], n_decode: int, threads: int, n_ctx:
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, 512, 512
     cparams.n_threads = cparams.n_threads_batch = threads
     ctx = llama_cpp.llama_init_from_model(model, cparams)
-    sampler = llama_cpp.llama_sampler_init_greedy()
     start = time.perf_counter()
     for i in range(0, len(prompt), 512):
         chunk = (llama_cpp.llama_token * len(prompt[i : i + 512]))(*prompt[i : i + 512])
         llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(chunk, len(prompt[i : i + 512])))
     prompt_s = time.perf_counter() - start
-    token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-    one = (llama_cpp.llama_token * 1)()
-    start = time.perf_counter()
-    for _ in range(n_decode - 1):
-        one[0] = token
-        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1))
-        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-    decode_s = time.perf_counter() - start
-    llama_cpp.llama_sampler_free(sampler)
+    decode_tps = greedy_decode(ctx, n_decode)
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(model)
-    return len(prompt) / prompt_s, (n_decode - 1) / decode_s
+    return len(prompt) / prompt_s, decode_tps
 
 
 def reference_context_cost(
@@ -136,19 +144,10 @@ def same_context(
         ids = llama.tokenize(text.encode(), add_bos=True)
         prompt = (llama_cpp.llama_token * len(ids))(*ids)  # kept alive: the batch only points at it
         llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(prompt, len(ids)))
-        sampler = llama_cpp.llama_sampler_init_greedy()
-        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-        one = (llama_cpp.llama_token * 1)()
-        start = time.perf_counter()
-        for _ in range(n_decode - 1):
-            one[0] = token
-            llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1))
-            token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-        seconds = time.perf_counter() - start
-        llama_cpp.llama_sampler_free(sampler)
+        tokens_per_second = greedy_decode(ctx, n_decode)
         llama_cpp.llama_memory_clear(memory, True)
         llama.reset()
-        return (n_decode - 1) / seconds
+        return tokens_per_second
 
     def engine_decode() -> float:
         generation = engine.complete(text, GenerationOptions(max_tokens=n_decode, temperature=0.0, repeat_penalty=1.0))

@@ -73,3 +73,18 @@ def test_greedy_tokens_do_not_depend_on_the_weight_layout(tiny_q4_k_m: Path) -> 
         replies.append(tokens)
         model.close()
     assert replies[0] == replies[1]
+
+
+def test_token_bytes_for_every_id_and_pieces_longer_than_the_buffer(tiny_q4_k_m: Path) -> None:
+    model = llama_backend.LlamaModel(tiny_q4_k_m, n_ctx=256)
+    try:
+        pieces = [model.token_bytes(token) for token in range(model.n_vocab)]
+        assert pieces == [model.token_bytes(token) for token in range(model.n_vocab)]  # from the cache
+        long_ones = [token for token, piece in enumerate(pieces) if len(piece) > 3]
+        assert long_ones
+        for token in long_ones[:50]:
+            assert model._piece(token, size=2) == pieces[token]  # asks again with the length llama.cpp gives
+        hangul = model.tokenize("대한민국", add_bos=False, special=False)
+        assert b"".join(pieces[t] for t in hangul).decode("utf-8").strip() == "대한민국"
+    finally:
+        model.close()

@@ -276,6 +276,7 @@ class LlamaModel:
         finally:
             llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
         self._vocab = self._llama._model.vocab
+        self._pieces: dict[int, bytes] = {}
         self.evaluated_tokens = 0
         original_eval = self._llama.eval
 
@@ -317,10 +318,18 @@ class LlamaModel:
         return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def token_bytes(self, token: int) -> bytes:
-        """The bytes a token stands for in generated text; control tokens stand for nothing."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n] if n > 0 else b""
+        """The bytes a token stands for in generated text; control tokens stand for nothing (cached per id)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token)
+        return piece
+
+    def _piece(self, token: int, size: int = 64) -> bytes:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, False)
+        if n < 0:  # the piece is longer than the buffer: llama.cpp says how long
+            return self._piece(token, -n)
+        return buf.raw[:n]
 
     def token_text(self, token: int) -> str:
         return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")

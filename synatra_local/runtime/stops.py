@@ -14,6 +14,8 @@ class StopScanner:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(stop for stop in stops if stop)
+        self._longest = max((len(stop) for stop in self._stops), default=0)
+        self._first_chars = frozenset(stop[0] for stop in self._stops)
         self._held = ""
         self._stopped = False
 
@@ -43,8 +45,10 @@ class StopScanner:
 
     def _partial_stop_length(self, buffer: str) -> int:
         """Length of the longest suffix of ``buffer`` that is a proper prefix of some stop string."""
-        longest = max((len(stop) for stop in self._stops), default=0)
-        for size in range(min(len(buffer), longest - 1), 0, -1):
+        window = buffer[-(self._longest - 1) :] if self._longest > 1 else ""
+        if not any(char in self._first_chars for char in window):  # the usual case: nothing can start here
+            return 0
+        for size in range(min(len(buffer), self._longest - 1), 0, -1):
             tail = buffer[-size:]
             if any(stop.startswith(tail) for stop in self._stops):
                 return size
