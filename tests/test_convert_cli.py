@@ -201,6 +201,7 @@ def test_unknown_command_exits_2() -> None:
 
 def test_python_dash_m_entry_point(checkpoint: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "synatra_local", "inspect", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "synatra_local", "inspect", "--help"], capture_output=True, text=True, timeout=60,
+        cwd=checkpoint.parent,  # not the checkout, whose source tree would shadow an installed package
     )
     assert result.returncode == 0 and "--json" in result.stdout

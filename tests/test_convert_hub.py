@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,7 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         env=dict(os.environ),
+        cwd=tempfile.gettempdir(),  # not the checkout, whose source tree would shadow an installed package
     )
 
 

@@ -417,7 +417,9 @@ def test_serve_command(tiny_gguf_v01: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "synatra_local", "serve", str(tiny_gguf_v01), "--port", "0", "--ctx", "512",
             "--model-id", "cli-model", "--api-key", KEY]
-    process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    process = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True, cwd=tiny_gguf_v01.parent
+    )
     try:
         url = None
         deadline = time.monotonic() + 60
