@@ -88,3 +88,20 @@ def test_token_bytes_for_every_id_and_pieces_longer_than_the_buffer(tiny_q4_k_m:
         assert b"".join(pieces[t] for t in hangul).decode("utf-8").strip() == "대한민국"
     finally:
         model.close()
+
+
+def test_llama_cpp_errors_are_quoted_in_ours(tiny_q4_k_m: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.gguf"
+    data = tiny_q4_k_m.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(llama_backend.ModelFileError) as raised:
+        llama_backend.LlamaModel(truncated, n_ctx=256)
+    assert "not within the file bounds" in raised.value.message  # llama.cpp's own words, logged as an error
+    assert any("not within the file bounds" in line for line in llama_backend.recent_errors())
+
+
+def test_a_cpu_build_has_no_gpu_backend() -> None:
+    if "CUDA" in llama_backend.system_info() or llama_backend.supports_gpu_offload():
+        assert llama_backend.gpu_backends()
+    else:
+        assert llama_backend.gpu_backends() == []

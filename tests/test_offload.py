@@ -175,3 +175,11 @@ def test_plan_offload_on_this_machine(tiny_info: ModelInfo) -> None:
 )
 def test_recommend_quantization(vram: int, ram: int, expected: str) -> None:
     assert recommend_quantization(vram, ram).startswith(expected)
+
+
+@pytest.mark.parametrize("request_", ["auto", "all", "12"])
+def test_gpu_build_without_a_usable_gpu_says_so_instead_of_asking_for_one(request_: str) -> None:
+    plan = choose_layers(SEVEN_B, request_, can_offload=False, free_vram=None, gpu_backend="CUDA")
+    assert plan.layers == 0
+    assert "CUDA build found no usable GPU" in plan.reason and "doctor" in plan.reason
+    assert "pip install" not in plan.reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from types import ModuleType
 
 import typer
 
@@ -31,7 +32,7 @@ def doctor(
     print(f"llama-cpp-python {llama_backend.binding_version()}")
     print(f"cpu features    {llama_backend.system_info()}")
     print(f"threads         {physical_cores()} (one per physical core; --threads changes it)")
-    print(f"gpu offload     {'yes' if llama_backend.supports_gpu_offload() else 'no (CPU-only build)'}")
+    print(f"gpu offload     {_offload_line(llama_backend)}")
     for d in devices:
         print(f"device          {d.name} ({d.kind}, {d.description}): "
               f"{d.free_bytes / GIB:.1f} GiB free of {d.total_bytes / GIB:.1f} GiB")
@@ -51,6 +52,16 @@ def doctor(
         print(f"needs           {fp.total / GIB:.2f} GiB weights+KV at ctx {ctx}, "
               f"compute {fp.compute_bytes / GIB:.2f} GiB")
         print(f"gpu layers      {plan.layers} of {plan.total_layers}: {plan.reason}")
+
+
+def _offload_line(llama_backend: ModuleType) -> str:
+    if llama_backend.supports_gpu_offload():
+        return f"yes ({', '.join(llama_backend.gpu_backends())})"
+    backends = llama_backend.gpu_backends()
+    if not backends:
+        return "no (CPU-only build)"
+    why = next((e for e in reversed(llama_backend.recent_errors()) if "init" in e or "driver" in e), "")
+    return f"no: this {backends[0]} build found no usable GPU" + (f" ({why})" if why else "")
 
 
 def main(argv: list[str]) -> int:

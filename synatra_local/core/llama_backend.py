@@ -19,6 +19,7 @@ import numpy as np
 from .cpu import physical_cores
 from .errors import ModelFileError, SynatraError
 
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _recent_errors: deque[str] = deque(maxlen=20)
 _verbose = False
 _loading = threading.Lock()
@@ -30,7 +31,7 @@ def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     message = text.decode("utf-8", errors="replace")
     if _verbose:
         sys.stderr.write(message)
-    elif level == 3:
+    elif level == GGML_LOG_LEVEL_ERROR and message.strip():
         _recent_errors.append(message.strip())
 
 
@@ -48,6 +49,22 @@ def binding_version() -> str:
 
 def supports_gpu_offload() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+GPU_BACKENDS = ("CUDA", "ROCm", "HIP", "MUSA", "Vulkan", "Metal", "SYCL", "OpenCL", "CANN")
+
+
+def gpu_backends() -> list[str]:
+    """The GPU backends compiled into this build (CUDA, Vulkan, …), whether or not they found a device."""
+    lib, base = _ggml(), _ggml_base()
+    names = [(base.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)) or b"").decode()
+             for i in range(lib.ggml_backend_reg_count())]
+    return [name for name in names if name in GPU_BACKENDS]
+
+
+def recent_errors() -> list[str]:
+    """llama.cpp's latest error lines (a backend that failed to start says why here)."""
+    return list(_recent_errors)
 
 
 def system_info() -> str:
@@ -142,6 +159,9 @@ def _ggml() -> ctypes.CDLL:
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
     lib.ggml_backend_dev_get.restype = ctypes.c_void_p
     lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_reg_count.restype = ctypes.c_size_t
+    lib.ggml_backend_reg_get.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
     return lib
 
 
@@ -149,7 +169,7 @@ def _ggml() -> ctypes.CDLL:
 def _ggml_base() -> ctypes.CDLL:
     """The binding's libggml-base (devices' details, the gguf reader), with our prototypes declared once."""
     lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description, lib.ggml_backend_reg_name):
         fn.restype = ctypes.c_char_p
         fn.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_dev_type.restype = ctypes.c_int

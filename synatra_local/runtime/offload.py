@@ -68,8 +68,13 @@ def choose_layers(
     *,
     can_offload: bool,
     free_vram: int | None,
+    gpu_backend: str | None = None,
 ) -> OffloadPlan:
-    """The decision, kept free of devices so it can be tested with any VRAM figure."""
+    """The decision, kept free of devices so it can be tested with any VRAM figure.
+
+    `gpu_backend` names the GPU backend this build has when it found no device to offload to (a driver
+    missing or too old), so the reason says that instead of asking for a GPU build.
+    """
     n = len(fp.layer_bytes)
     everything = n + 1
     request = str(request).strip().lower()
@@ -82,9 +87,12 @@ def choose_layers(
     if request == "0":
         return OffloadPlan(0, everything, "CPU only (--gpu-layers 0)")
     if not can_offload:
-        why = "this llama.cpp build has no GPU offload; running on the CPU"
-        if request != "auto":
-            why += f" (install the CUDA build: {CUDA_INSTALL})"
+        if gpu_backend:
+            why = f"this {gpu_backend} build found no usable GPU (see `synatra-local doctor`); running on the CPU"
+        else:
+            why = "this llama.cpp build has no GPU offload; running on the CPU"
+            if request != "auto":
+                why += f" (install the CUDA build: {CUDA_INSTALL})"
         return OffloadPlan(0, everything, why)
     if request == "all":
         return OffloadPlan(everything, everything, f"all {everything} layers on the GPU (--gpu-layers all)")
@@ -116,7 +124,8 @@ def plan_offload(info: ModelInfo, request: str | int, *, n_ctx: int, n_batch: in
     if can:
         gpus = [d for d in llama_backend.devices() if d.kind in {"gpu", "igpu"}]
         free = max((d.free_bytes for d in gpus), default=None)
-    return choose_layers(footprint(info, n_ctx, n_batch), request, can_offload=can, free_vram=free)
+    backend = None if can else next(iter(llama_backend.gpu_backends()), None)
+    return choose_layers(footprint(info, n_ctx, n_batch), request, can_offload=can, free_vram=free, gpu_backend=backend)
 
 
 def recommend_quantization(free_vram: int, free_ram: int) -> str:
