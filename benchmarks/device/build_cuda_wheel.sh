@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build llama-cpp-python 0.3.36 with CUDA for Hopper (sm_90: the lent H100/H200) on a machine with nvcc but no
 # cuBLAS and no GPU driver: cuBLAS comes from PyPI's nvidia-cublas, and a link-time stand-in for libcuda.so.1
-# (the real one is the GPU machine's driver). Nothing outside WORK is changed. About an hour on 2 cores.
+# (the real one is the GPU machine's driver). Nothing outside WORK is changed. About half an hour on 2 cores.
 # The wheel is then slimmed to what the binding loads (its libraries once each, by soname), so that it fits
 # the 64 MiB a device call carries, and libggml-cuda is marked as needing libcuda.so.1: the stand-in defines
 # none of the driver functions it calls (cuMemCreate, …), so the linker dropped it. Usage: benchmarks/device/build_cuda_wheel.sh [WORK]  (wheel in WORK/out)
