@@ -35,5 +35,5 @@ CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGM
 -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
 -DCMAKE_LIBRARY_PATH=$work/lib -DCMAKE_CUDA_FLAGS=-I$inc -DCMAKE_CXX_FLAGS=-I$inc" \
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CUDACXX=${CUDACXX:-$(command -v nvcc)} \
-  build-venv/bin/pip wheel --no-deps -w built llama_cpp_python-0.3.36.tar.gz
+  build-venv/bin/pip wheel --no-deps --no-cache-dir -w built llama_cpp_python-0.3.36.tar.gz
 slim "$work" built/llama_cpp_python-0.3.36-*.whl
