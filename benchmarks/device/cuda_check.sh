@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/cuda-check}
 mkdir -p "$out"
-python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade .whl/*.whl || exit 1
+python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --force-reinstall .whl/*.whl || exit 1
 cublas=$(find /opt /usr/local /usr/lib -name 'libcublas.so.13' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="${cublas%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export PYTHONUNBUFFERED=1

@@ -21,5 +21,6 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
   fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
   typing-inspection==0.4.5 uvicorn==0.54.0 openai==3.57.0 distro==1.9.0 jiter==0.19.0 sniffio==1.3.1 \
   pexpect==4.9.0 ptyprocess==0.7.0 mistral_common==1.13.1 \
-  typer==0.29.2 click==8.5.1 rich==15.0.0 huggingface_hub==2.4.0
+  typer==0.29.2 annotated-doc==0.0.7 click==8.5.1 rich==15.0.0 huggingface_hub==2.4.0 \
+  httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 opentelemetry-api==1.45.2
 du -sh .whl

@@ -39,7 +39,7 @@ def doctor(
     free_vram = max((d.free_bytes for d in gpus), default=0)
     ram = next((d.free_bytes for d in devices if d.kind == "cpu"), 0)
     print(f"recommended     {recommend_quantization(free_vram, ram)} for Synatra-7B on this machine")
-    if not llama_backend.supports_gpu_offload():
+    if not llama_backend.gpu_backends():
         print(f"cuda build      {CUDA_INSTALL}")
     if model:
         from synatra_local.core.gguf_info import read_model_info
