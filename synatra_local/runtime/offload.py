@@ -10,6 +10,7 @@ from synatra_local.core.errors import SynatraError
 from synatra_local.core.gguf_info import ModelInfo
 
 MIB = 1 << 20
+MIN_HEADROOM = 512 * MIB  # VRAM `auto` always leaves free beyond its estimate (5% of free VRAM if larger)
 CUDA_INSTALL = (
     'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
 )
@@ -101,7 +102,7 @@ def choose_layers(
         return OffloadPlan(layers, everything, f"{layers} of {everything} layers on the GPU (--gpu-layers)")
     if not free_vram:
         return OffloadPlan(0, everything, "no GPU memory reported; running on the CPU")
-    headroom = max(512 * MIB, free_vram // 20)
+    headroom = max(MIN_HEADROOM, free_vram // 20)
     available = free_vram - headroom - fp.compute_bytes
     if fp.total <= available:
         return OffloadPlan(
