@@ -182,9 +182,7 @@ def estimate(path: Path, layers: int) -> int:
     from synatra_local.runtime.offload import footprint
 
     fp = footprint(read_model_info(path), n_ctx=4096)
-    n = min(layers, len(fp.layer_bytes))
-    output = fp.output_bytes if layers > len(fp.layer_bytes) else 0
-    return sum(fp.layer_bytes[:n]) + fp.kv_bytes_per_layer * n + output + fp.compute_bytes
+    return fp.offloaded_bytes(layers) + fp.compute_bytes
 
 
 def check_vram(path: Path, size: str) -> None:

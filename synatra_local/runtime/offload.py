@@ -26,9 +26,15 @@ class ModelFootprint:
     kv_bytes_per_layer: int
     compute_bytes: int
 
+    def offloaded_bytes(self, layers: int) -> int:
+        """Weights and KV cache of the first `layers` layers on the GPU; past the last, the output layer too."""
+        n = min(layers, len(self.layer_bytes))
+        output = self.output_bytes if layers > len(self.layer_bytes) else 0
+        return sum(self.layer_bytes[:n]) + self.kv_bytes_per_layer * n + output
+
     @property
     def total(self) -> int:
-        return sum(self.layer_bytes) + self.output_bytes + self.kv_bytes_per_layer * len(self.layer_bytes)
+        return self.offloaded_bytes(len(self.layer_bytes) + 1)
 
 
 @dataclass(frozen=True)
@@ -108,12 +114,7 @@ def choose_layers(
         return OffloadPlan(
             everything, everything, f"all {everything} layers fit in {free_vram // MIB} MiB free VRAM"
         )
-    layers, used = 0, 0
-    for size in fp.layer_bytes:
-        if used + size + fp.kv_bytes_per_layer > available:
-            break
-        used += size + fp.kv_bytes_per_layer
-        layers += 1
+    layers = max((k for k in range(n + 1) if fp.offloaded_bytes(k) <= available), default=0)
     return OffloadPlan(
         layers, everything, f"{layers} of {everything} layers fit in {free_vram // MIB} MiB free VRAM (auto)"
     )
