@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from types import ModuleType
 
 import typer
 
@@ -27,19 +26,21 @@ def doctor(
     from synatra_local.runtime.offload import CUDA_INSTALL, footprint, plan_offload, recommend_quantization
 
     devices = llama_backend.devices()
+    backends = llama_backend.gpu_backends()
     gpus = [d for d in devices if d.kind in {"gpu", "igpu"}]
     print(f"python          {sys.version.split()[0]} ({platform.platform()})")
     print(f"llama-cpp-python {llama_backend.binding_version()}")
     print(f"cpu features    {llama_backend.system_info()}")
     print(f"threads         {physical_cores()} (one per physical core; --threads changes it)")
-    print(f"gpu offload     {_offload_line(llama_backend)}")
+    offload = _offload_line(llama_backend.supports_gpu_offload(), backends, llama_backend.recent_errors())
+    print(f"gpu offload     {offload}")
     for d in devices:
         print(f"device          {d.name} ({d.kind}, {d.description}): "
               f"{d.free_bytes / GIB:.1f} GiB free of {d.total_bytes / GIB:.1f} GiB")
     free_vram = max((d.free_bytes for d in gpus), default=0)
     ram = next((d.free_bytes for d in devices if d.kind == "cpu"), 0)
     print(f"recommended     {recommend_quantization(free_vram, ram)} for Synatra-7B on this machine")
-    if not llama_backend.gpu_backends():
+    if not backends:
         print(f"cuda build      {CUDA_INSTALL}")
     if model:
         from synatra_local.core.gguf_info import read_model_info
@@ -54,13 +55,12 @@ def doctor(
         print(f"gpu layers      {plan.layers} of {plan.total_layers}: {plan.reason}")
 
 
-def _offload_line(llama_backend: ModuleType) -> str:
-    if llama_backend.supports_gpu_offload():
-        return f"yes ({', '.join(llama_backend.gpu_backends())})"
-    backends = llama_backend.gpu_backends()
+def _offload_line(can_offload: bool, backends: list[str], errors: list[str]) -> str:
+    if can_offload:
+        return f"yes ({', '.join(backends)})"
     if not backends:
         return "no (CPU-only build)"
-    why = next((e for e in reversed(llama_backend.recent_errors()) if "init" in e or "driver" in e), "")
+    why = next((e for e in reversed(errors) if "init" in e or "driver" in e), "")
     return f"no: this {backends[0]} build found no usable GPU" + (f" ({why})" if why else "")
 
 
