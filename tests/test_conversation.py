@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +20,6 @@ def engine(tiny_gguf_v01: Path) -> Iterator[Engine]:
     eng = Engine(tiny_gguf_v01, n_ctx=256, busy="error")
     yield eng
     eng.close()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_send_streams_and_records(engine: Engine) -> None:
@@ -54,7 +46,7 @@ def test_second_turn_evaluates_only_what_is_new(engine: Engine) -> None:
     assert first is not None
     request = conversation._with_system([*conversation.messages, {"role": "user", "content": "둘째 질문"}])
     tokens2 = engine.prompt_tokens(request)
-    reused = _common_prefix(engine._model.cached_tokens, tokens2)
+    reused = len(os.path.commonprefix([engine._model.cached_tokens, tokens2]))
     assert reused >= first.prompt_tokens + first.generated_tokens - 1
     "".join(conversation.send("둘째 질문"))
     second = conversation.last_stats

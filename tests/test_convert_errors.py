@@ -286,8 +286,10 @@ def test_existing_output_is_untouched_without_force(pristine, tmp_path: Path) ->
     assert os.listdir(out.parent) == ["model.gguf"]
 
 
-def test_interrupted_conversion_leaves_nothing(pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+@pytest.fixture
+def ctrl_c_on_fifth_tensor(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Ctrl-C while the fifth tensor is converted; the list counts the tensors started."""
+    calls: list[int] = []
     real = gguf_export._convert
 
     def interrupt_on_fifth(*args, **kwargs):
@@ -297,28 +299,22 @@ def test_interrupted_conversion_leaves_nothing(pristine, tmp_path: Path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gguf_export, "_convert", interrupt_on_fifth)
+    return calls
+
+
+def test_interrupted_conversion_leaves_nothing(pristine, tmp_path: Path, ctrl_c_on_fifth_tensor: list[int]) -> None:
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         convert(pristine["bin"], out / "model.gguf")
-    assert len(calls) == 5
+    assert len(ctrl_c_on_fifth_tensor) == 5
     assert os.listdir(out) == [], "no output and no partial file"
 
 
 def test_interrupted_forced_conversion_keeps_the_old_output(
-    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pristine, tmp_path: Path, ctrl_c_on_fifth_tensor: list[int]
 ) -> None:
     out = tmp_path / "model.gguf"
     out.write_bytes(b"previous")
-    calls = []
-    real = gguf_export._convert
-
-    def interrupt_on_fifth(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gguf_export, "_convert", interrupt_on_fifth)
     with pytest.raises(KeyboardInterrupt):
         convert(pristine["safetensors"], out, force=True)
     assert out.read_bytes() == b"previous"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -44,15 +45,6 @@ def chatml(tiny_gguf_v03: Path) -> Iterator[Engine]:
     eng = Engine(tiny_gguf_v03, n_ctx=512)
     yield eng
     eng.close()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _fake_stream(engine: Engine, monkeypatch: pytest.MonkeyPatch, ids: list[int]) -> None:
@@ -265,7 +257,7 @@ def test_next_turn_after_max_tokens_reuses_the_cache(engine: Engine) -> None:
     turn2 = [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": "계속. Go on."}]
     tokens2 = engine.prompt_tokens(turn2)
     cached = engine._model.cached_tokens
-    reused = _common_prefix(cached, tokens2)
+    reused = len(os.path.commonprefix([cached, tokens2]))
     assert reused >= len(tokens1) + 20 - 1, "the previous prompt and reply must stay in the KV cache"
     generation = engine.stream(turn2, GenerationOptions(max_tokens=3, seed=1))
     "".join(generation)
