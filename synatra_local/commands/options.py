@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from synatra_local.runtime import limits
+
+
+def in_range(name: str, flag: str) -> Callable[[Any], Any]:
+    """A typer callback: the option's value, or one `error:` line naming the flag and its range (exit 1).
+
+    (typer's own min/max would be a usage error: exit 2 and a boxed message.)
+    """
+
+    def check(value: Any) -> Any:
+        limits.check_optional(name, value, label=flag)
+        return value
+
+    return check
+
+
+def ranged(*flags: str, name: str, help: str) -> Any:
+    """A numeric option checked against `limits.RANGES[name]` as it is parsed, before any model loads."""
+    return typer.Option(*flags, callback=in_range(name, flags[0]), help=help)
+
+
 Force = Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")]
-Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: one per physical core).")]
+Threads = Annotated[
+    int | None, ranged("--threads", "-t", name="threads", help="CPU threads (default: one per physical core).")
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log and timing stats.")]
 Revision = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 PromptFormat = Annotated[
@@ -22,11 +46,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 ModelArg = Annotated[str, typer.Argument(help="A .gguf path, or a model name from `synatra-local list`.")]
 OutputDir = Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the outputs.")]
 
-Ctx = Annotated[int, typer.Option("--ctx", "-c", help="Context size in tokens.")]
+Ctx = Annotated[int, ranged("--ctx", "-c", name="n_ctx", help="Context size in tokens.")]
 GpuLayers = Annotated[
     str, typer.Option("--gpu-layers", "-ngl", help="Layers on the GPU: auto, all, or a number (0 = CPU).")
 ]
-Batch = Annotated[int, typer.Option("--batch", help="Prompt tokens evaluated per batch.")]
+Batch = Annotated[int, ranged("--batch", name="batch", help="Prompt tokens evaluated per batch.")]
 NoRepack = Annotated[
     bool,
     typer.Option(
@@ -40,11 +64,17 @@ Template = Annotated[
     typer.Option("--template", help="Prompt format: synatra-v0.1, synatra-v0.2, chatml, jinja, or a .jinja file."),
 ]
 System = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
-MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
-Temperature = Annotated[float, typer.Option("--temperature", "--temp", help="Sampling temperature (0 = greedy).")]
-TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold.")]
-TopK = Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens.")]
-MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below this share of the top token's probability.")]
-RepeatPenalty = Annotated[float, typer.Option("--repeat-penalty", help="Penalty for repeated tokens (1 = off).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed gives the same text.")]
+MaxTokens = Annotated[int, ranged("--max-tokens", "-n", name="max_tokens", help="Most tokens to generate.")]
+Temperature = Annotated[
+    float, ranged("--temperature", "--temp", name="temperature", help="Sampling temperature (0 = greedy).")
+]
+TopP = Annotated[float, ranged("--top-p", name="top_p", help="Nucleus sampling threshold.")]
+TopK = Annotated[int, ranged("--top-k", name="top_k", help="Sample from the k most likely tokens.")]
+MinP = Annotated[
+    float, ranged("--min-p", name="min_p", help="Drop tokens below this share of the top token's probability.")
+]
+RepeatPenalty = Annotated[
+    float, ranged("--repeat-penalty", name="repeat_penalty", help="Penalty for repeated tokens (1 = off).")
+]
+Seed = Annotated[int | None, ranged("--seed", name="seed", help="Random seed; the same seed gives the same text.")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")]

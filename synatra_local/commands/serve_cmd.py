@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ._app import run_app, stderr
 from ._engine import load_engine
-from .options import Batch, Ctx, GpuLayers, ModelArg, NoRepack, Template, Threads, Verbose
+from .options import Batch, Ctx, GpuLayers, ModelArg, NoRepack, Template, Threads, Verbose, ranged
 
 app = typer.Typer(add_completion=False)
 
@@ -17,7 +18,7 @@ app = typer.Typer(add_completion=False)
 def serve(
     model: ModelArg,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0 picks a free one).")] = 8080,
+    port: Annotated[int, ranged("--port", "-p", name="port", help="Port to listen on (0 picks a free one).")] = 8080,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -34,15 +35,15 @@ def serve(
         str | None, typer.Option("--model-id", help="The model name clients see (default: the file name).")
     ] = None,
     max_body_bytes: Annotated[
-        int, typer.Option("--max-body-bytes", min=1, help="Largest request body accepted (larger: 413).")
+        int, ranged("--max-body-bytes", name="max_body_bytes", help="Largest request body accepted (larger: 413).")
     ] = 1 << 20,
     max_tokens_cap: Annotated[
-        int, typer.Option("--max-tokens-cap", min=1, help="Most tokens one request may ask for.")
+        int, ranged("--max-tokens-cap", name="max_tokens_cap", help="Most tokens one request may ask for.")
     ] = 2048,
     stream_interval_ms: Annotated[
         float,
-        typer.Option("--stream-interval-ms", min=0,
-                     help="Shortest time between streamed events; faster text is merged (0: an event per token)."),
+        ranged("--stream-interval-ms", name="stream_interval_ms",
+               help="Shortest time between streamed events; faster text is merged (0: an event per token)."),
     ] = 20,
     ctx: Ctx = 4096,
     threads: Threads = None,
@@ -68,7 +69,8 @@ def serve(
         sock.close()
         raise
     if not is_loopback(host) and not api_key:
-        stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use it")
+        stderr.print(f"[yellow]warning:[/] listening on {escape(host)} without --api-key: anyone who can reach it can "
+                     "use it")
 
     def ready(url: str) -> None:
         stderr.print(f"serving {model_id or engine.path.stem} on {url}  (OpenAI base URL: {url}/v1; Ctrl-C stops)",

@@ -247,12 +247,35 @@ def _model_defaults(*, repack: bool) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class SpecialToken:
+    """A token llama.cpp's tokenizer matches as a whole string before it splits the text around it."""
+
+    id: int
+    text: str
+    control: bool  # control or unknown: matched only when special parsing is on (user-defined ones always are)
+    lstrip: bool  # llama.cpp drops the whitespace before it
+    rstrip: bool  # ... or after it
+
+
+_PARSED_ONLY_AS_SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+_MATCHED = _PARSED_ONLY_AS_SPECIAL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.1
+
+
+CONTEXT_PADDING = 256  # llama.cpp rounds every context size up to a multiple of this (llama-context.cpp)
+
+
+def allocated_context(n_ctx: int) -> int:
+    """The context size llama.cpp allocates when asked for `n_ctx` tokens."""
+    return -(-n_ctx // CONTEXT_PADDING) * CONTEXT_PADDING
 
 
 class LlamaModel:
@@ -273,6 +296,9 @@ class LlamaModel:
     ) -> None:
         _recent_errors.clear()
         n_threads = n_threads or physical_cores()
+        # Asked for what llama.cpp will allocate anyway: the binding sizes its token buffer by the request,
+        # llama.cpp its KV cache by the rounded size, and the two must agree for prompts between them.
+        n_ctx = allocated_context(n_ctx)
         try:
             with _loading, _model_defaults(repack=repack):
                 self._llama = llama_cpp.Llama(
@@ -327,6 +353,33 @@ class LlamaModel:
         return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
 
     @property
+    def adds_eos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_eos(self._vocab))
+
+    @functools.cached_property
+    def special_tokens(self) -> tuple[SpecialToken, ...]:
+        """Every token llama.cpp matches as a string, in the order it tries them: longest text first.
+
+        Read once from the loaded vocabulary's attributes (what llama.cpp itself uses, after its own fixes
+        to the file's token types); a text that is not UTF-8 could never be matched in a Python string.
+        """
+        found = []
+        for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
+            attr = llama_cpp.llama_vocab_get_attr(self._vocab, token)
+            if not attr & _MATCHED:
+                continue
+            try:
+                text = llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if text:
+                found.append(SpecialToken(
+                    token, text, bool(attr & _PARSED_ONLY_AS_SPECIAL),
+                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP), bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP),
+                ))
+        return tuple(sorted(found, key=lambda t: -len(t.text.encode("utf-8"))))
+
+    @property
     def metadata(self) -> dict[str, str]:
         return dict(self._llama.metadata)
 
@@ -335,7 +388,16 @@ class LlamaModel:
         return [int(t) for t in self._llama._input_ids[: self._llama.n_tokens]]
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+        """llama.cpp's tokenizer, into a buffer sized by the text (the binding's is the training context, each call)."""
+        data = text.encode("utf-8")
+        size = len(data) + 2  # a token covers at least one byte; + BOS and EOS
+        buffer = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, size, add_bos, special)
+        if n < 0:  # never for a byte-level vocabulary; llama.cpp says how many it needs
+            size = -n
+            buffer = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, size, add_bos, special)
+        return buffer[:n]
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes a token stands for in generated text; control tokens stand for nothing (cached per id)."""

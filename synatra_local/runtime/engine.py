@@ -17,12 +17,13 @@ from synatra_local.core import llama_backend
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.gguf_info import ModelInfo, read_model_info
 
+from . import limits
 from .detokenizer import StreamingDetokenizer
 from .offload import OffloadPlan, plan_offload
-from .prompts import PromptBuilder, select_template
+from .prompts import PromptBuilder, check_text, select_template
 from .stops import StopScanner
 from .store import resolve_model
-from .templates import Message, PromptTemplate
+from .templates import ChatTemplateError, Message, PromptTemplate
 
 StopReason = Literal["end_of_turn", "stop", "max_tokens", "context_full", "cancelled"]
 
@@ -45,6 +46,11 @@ class GenerationOptions:
     repeat_penalty: float = 1.1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
+            limits.check(name, getattr(self, name))
+        limits.check_optional("seed", self.seed)
 
 
 @dataclass
@@ -117,15 +123,24 @@ class Engine:
         repack: bool = True,
         verbose: bool = False,
     ) -> None:
+        limits.check("n_ctx", n_ctx)
+        limits.check("batch", batch)
+        limits.check_optional("threads", threads)
         llama_backend.set_verbose(verbose)
         self.path = resolve_model(model)
         self.info: ModelInfo = read_model_info(self.path)
-        n_ctx = min(n_ctx, self.info.context_length or n_ctx)
+        if self.info.context_length and self.info.context_length > 0:
+            n_ctx = min(n_ctx, self.info.context_length)
+        n_ctx = llama_backend.allocated_context(n_ctx)
         self.offload: OffloadPlan = plan_offload(self.info, gpu_layers, n_ctx=n_ctx)
         self._model = llama_backend.LlamaModel(
             self.path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, n_gpu_layers=self.offload.layers, repack=repack
         )
-        self.template: PromptTemplate = select_template(self.info, self._model, template)
+        try:
+            self.template: PromptTemplate = select_template(self.info, self._model, template)
+        except ChatTemplateError as exc:  # name the file whose template it is
+            self._model.close()
+            raise type(exc)(f"{self.path.name}: {exc.message}", fix=exc.fix) from exc
         self._prompts = PromptBuilder(self._model, self.template)
         self._lock = threading.Lock()
         self._busy = busy
@@ -160,7 +175,7 @@ class Engine:
         trim_history: bool = False,
     ) -> Generation:
         """Stream the reply to `messages`; with `trim_history`, the oldest turns are dropped to fit."""
-        options = _checked(options or GenerationOptions())
+        options = options or GenerationOptions()
         stats = GenerationStats()
         messages = list(messages)
         if trim_history:
@@ -173,8 +188,13 @@ class Engine:
         return Generation(pieces, stats, cancel)
 
     def complete(self, prompt: str, options: GenerationOptions | None = None) -> Generation:
-        """Raw completion of `prompt` text with no chat template (BOS added as the model asks)."""
-        options = _checked(options or GenerationOptions())
+        """Raw completion of `prompt` text with no chat template (BOS added as the model asks).
+
+        Unlike chat messages, the prompt is raw model input: special-token strings in it (`<s>`, `<|im_start|>`)
+        become those tokens, as in llama-server's /completion.
+        """
+        options = options or GenerationOptions()
+        check_text(prompt, "the prompt")
         tokens = self._model.tokenize(prompt, add_bos=self._model.adds_bos, special=True)
         self._check_fits(tokens, options)
         stats = GenerationStats(prompt_tokens=len(tokens))
@@ -202,6 +222,11 @@ class Engine:
         return system + turns, dropped
 
     def _check_fits(self, tokens: list[int], options: GenerationOptions) -> None:
+        if not tokens:
+            raise SynatraError(
+                "the prompt is empty: this model adds no BOS token, so there is nothing to continue from",
+                fix="give some prompt text",
+            )
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}",
@@ -307,8 +332,3 @@ class Engine:
                 # was shown, takes that work off the next turn's time to first token.
                 self._model.extend(turn_tokens)
 
-
-def _checked(options: GenerationOptions) -> GenerationOptions:
-    if options.max_tokens < 1:
-        raise SynatraError(f"max_tokens must be at least 1, not {options.max_tokens}", fix="ask for 1 or more tokens")
-    return options
