@@ -290,6 +290,27 @@ BAD_CHAT = [
     ("seed a float", {"seed": 1.5}, "seed"),
     ("stop a number", {"stop": 7}, "stop"),
     ("n above one", {"n": 2}, "n"),
+    ("lone surrogate in content", {"messages": [{"role": "user", "content": "hi \ud800"}]}, "messages[0].content"),
+    ("lone surrogate in a text part", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+     "messages[0].content[0].text"),
+    ("lone surrogate in a part type", {"messages": [{"role": "user", "content": [{"type": "\udfff"}]}]},
+     "messages[0].content[0].type"),
+    ("lone surrogate in stop", {"stop": ["a", "\ud83d"]}, "stop[1]"),
+    ("lone surrogate in model", {"model": "\ud800"}, "model"),
+    ("temperature NaN", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature"),
+    ("top_p Infinity", b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', "top_p"),
+    ("top_p above one", {"top_p": 1.5}, "top_p"),
+    ("top_k beyond int32", {"top_k": 2**31}, "top_k"),
+    ("top_k negative", {"top_k": -1}, "top_k"),
+    ("min_p negative", {"min_p": -0.1}, "min_p"),
+    ("repeat_penalty zero", {"repeat_penalty": 0}, "repeat_penalty"),
+    ("repeat_penalty huge", {"repeat_penalty": 1e300}, "repeat_penalty"),
+    ("seed beyond 64 bits", {"seed": 2**64}, "seed"),
+    ("seed a 5000-digit number", b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 5000 + b"}",
+     None),
+    ("max_tokens beyond 2^20", {"max_tokens": 2**40}, "max_tokens"),
+    ("max_completion_tokens negative", {"max_completion_tokens": -3}, "max_completion_tokens"),
+    ("n huge", {"n": 2**70}, "n"),
 ]
 
 
@@ -320,14 +341,21 @@ def test_over_long_prompts_get_400(served, client) -> None:
 
 def test_bad_completion_requests_get_400(served) -> None:
     for body, param in [
+        ({"prompt": "bad \ud800 text"}, "prompt"),
+        ({"prompt": ["\udc00"]}, "prompt[0]"),
+        ({"prompt": "x", "top_k": 2**40}, "top_k"),
+        ({"prompt": "x", "seed": -(2**63) - 1}, "seed"),
         ({"prompt": 5}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [1, 2, 3]}, "prompt[0]"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({}, "prompt"),
         ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
         ({"prompt": "x", "echo": True}, "echo"),
     ]:
-        assert_error(httpx.post(f"{served.url}/v1/completions", json=body, timeout=30), 400, param)
+        content = json.dumps(body).encode()  # ASCII escapes: lone surrogates travel as JSON carries them
+        response = httpx.post(f"{served.url}/v1/completions", content=content, timeout=30,
+                              headers={"Content-Type": "application/json"})
+        assert_error(response, 400, param)
 
 
 def test_lenient_where_openai_is(served) -> None:
@@ -477,3 +505,160 @@ def test_serve_fails_fast_when_the_port_is_taken(tiny_gguf_v01: Path, capsys: py
         port = taken.getsockname()[1]
         assert serve_cmd.main([str(tiny_gguf_v01), "--port", str(port)]) == 1
     assert "cannot listen on" in capsys.readouterr().err
+
+
+# --- no input gets a 500, and the connection stays usable ------------------------------------------------
+
+
+def _raw_exchange(port: int, requests: list[tuple[str, str, bytes]]) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `requests` one after another on ONE keep-alive connection; (status, headers, body) of each answer."""
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        stream = raw.makefile("rb")
+        for method, path, body in requests:
+            head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            raw.sendall(head + body)
+            status = int(stream.readline().split()[1])
+            headers = {}
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            answers.append((status, headers, stream.read(int(headers.get("content-length", 0)))))
+    return answers
+
+
+VALID_CHAT = json.dumps({"messages": [{"role": "user", "content": "안녕"}], "max_tokens": 2, "seed": 1}).encode()
+
+
+def test_failures_keep_the_connection(served) -> None:
+    """Each failure that used to be a 500 (and a dropped keep-alive), then a valid request on the same socket."""
+    surrogate = json.dumps({"messages": [{"role": "user", "content": "\ud800"}], "max_tokens": 2}).encode()
+    prompt = json.dumps({"prompt": "x\udfff", "max_tokens": 2}).encode()
+    injected = json.dumps({"messages": [{"role": "user", "content": "<s></s>[INST]"}], "max_tokens": 2}).encode()
+    requests = [("POST", "/v1/chat/completions", surrogate), ("POST", "/v1/chat/completions", VALID_CHAT),
+                ("POST", "/v1/completions", prompt), ("POST", "/v1/chat/completions", VALID_CHAT),
+                ("POST", "/v1/chat/completions", b"{oops"), ("GET", "/v1/nothing", b""),
+                ("POST", "/v1/chat/completions", injected), ("GET", "/health", b"")]
+    answers = _raw_exchange(served.port, requests)
+    assert [status for status, _, _ in answers] == [400, 200, 400, 200, 400, 404, 200, 200]
+    for status, headers, body in answers:
+        assert headers["content-type"].startswith("application/json") and "close" not in headers.get("connection", "")
+        if status >= 400:
+            assert json.loads(body)["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def no_bos_served(smollm2_gguf: Path):
+    """A model whose tokenizer adds no BOS (SmolLM2), with a context of 300 (llama.cpp allocates 512)."""
+    engine = Engine(smollm2_gguf, n_ctx=300, busy="error")
+    assert not engine._model.adds_bos and engine.n_ctx == 512
+    with BackgroundServer(create_app(engine, model_id="smol", max_tokens_cap=8)) as server:
+        yield server
+    engine.close()
+
+
+def test_empty_prompt_without_bos_and_an_odd_context(no_bos_served) -> None:
+    long_prompt = "hello " * 300  # one token per word here: more than the 300 asked for, less than the 512 allocated
+    requests = [("POST", "/v1/completions", json.dumps({"prompt": "", "max_tokens": 2}).encode()),
+                ("POST", "/v1/completions", json.dumps({"prompt": [""], "max_tokens": 2, "stream": True}).encode()),
+                ("POST", "/v1/completions", json.dumps({"prompt": long_prompt, "max_tokens": 4, "seed": 1}).encode()),
+                ("GET", "/health", b"")]
+    (empty, status, body), (stream_empty, _, _), (long, _, long_body), (health, _, _) = _raw_exchange(
+        no_bos_served.port, requests)
+    assert empty == 400 and stream_empty == 400 and "prompt is empty" in json.loads(body)["error"]["message"]
+    assert json.loads(body)["error"]["param"] == "prompt"
+    assert long == 200, long_body
+    usage = json.loads(long_body)["usage"]
+    assert 300 < usage["prompt_tokens"] < 512 and usage["completion_tokens"] == 4
+    assert health == 200
+
+
+def test_out_of_range_seeds_map_to_reproducible_ones(client) -> None:
+    """Any 64-bit seed is taken (as OpenAI takes them) and mapped into llama.cpp's range: same seed, same text."""
+    messages = [{"role": "user", "content": "아무 말이나 해 주세요"}]
+    texts = {seed: chat(client, messages, max_tokens=12, seed=seed).choices[0].message.content
+             for seed in (-1, 2**32 - 1, 2**63 - 1, -(2**63), 2**32 - 1 - 0xFFFFFFFF)}
+    again = {seed: chat(client, messages, max_tokens=12, seed=seed).choices[0].message.content for seed in texts}
+    assert texts == again
+    assert texts[2**32 - 1] == texts[0], "seed mod 4294967295: 2^32-1 is 0"
+
+
+FUZZ_VALUES: list[object] = [
+    None, True, False, 0, -1, 1, 2, 3.5, -0.0, 1e308, -1e308, 2**31, 2**63, 2**64, -(2**63) - 1, "", "x", "\ud800",
+    "a\udfffb", "😀", "\x00", [], [None], [1, 2], ["a", "\ud800"], {}, {"a": 1}, {"type": "text"}, "<|im_start|>",
+    "</s>", "[INST]", "가" * 3000, [[[[]]]], [{"type": "text", "text": 5}], [{"type": "image_url"}],
+]
+FUZZ_TEXTS = ["", " ", "\ud800", "a\udfffb", "\udbff\udfff", "\ud83d\ude00", "😀", "\x00", "\x00" * 50, "\ufeff",
+              "\ufdd0\ufdd2", "<|im_start|>system\n", "</s>[INST]", "<s>", "<unk>", "[\\INST] ", "\u202e\u0301",
+              "가" * 3000, "\n" * 500, "{{ 7 * 7 }}", "{% for x in range(10) %}x{% endfor %}", "%s %d {0}"]
+CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
+               "repeat_penalty", "seed", "stop", "n", "stream", "stream_options", "logprobs", "tools", "user",
+               "frequency_penalty"]
+COMPLETION_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty",
+                     "seed", "stop", "n", "stream", "stream_options", "echo", "suffix", "logprobs", "best_of"]
+RAW_BODIES = [b"", b"null", b"0", b'"text"', b"[]", b"{", b'{"messages": [', b"\xff\xfe{}", b"\xef\xbb\xbf{}",
+              b"[" * 20000 + b"]" * 20000, b'{"messages": NaN}', b'{"prompt": "a", "max_tokens": Infinity}',
+              b'{"prompt": "\\ud800\\udc00 pair", "max_tokens": 1}', b'{"prompt": "a", "max_tokens": 1e999}',
+              b'{"prompt": "a", "stream": true, "stream_options": {"include_usage": "yes"}}',
+              b'{"prompt": "a"}' + b" " * 100, b'{"prompt": "a", "prompt": 5}', "{\"prompt\": \"한\"}".encode("cp949")]
+
+
+def _fuzz_bodies(count: int) -> list[tuple[str, bytes]]:
+    import random
+
+    rng = random.Random(20240)
+    bodies: list[tuple[str, bytes]] = [(path, raw) for raw in RAW_BODIES
+                                       for path in ("/v1/chat/completions", "/v1/completions")]
+    while len(bodies) < count:
+        chat = rng.random() < 0.6
+        if chat:
+            body: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "seed": 1}
+            fields = CHAT_FIELDS
+        else:
+            body = {"prompt": "hi", "max_tokens": 2, "seed": 1}
+            fields = COMPLETION_FIELDS
+        for _ in range(rng.randint(1, 3)):
+            roll = rng.random()
+            if roll < 0.25:  # odd text where text goes
+                text = rng.choice(FUZZ_TEXTS)
+                if chat:
+                    system = [{"role": "system", "content": rng.choice(FUZZ_TEXTS)}] * (rng.random() < 0.3)
+                    user = {"role": "user", "content": rng.choice([text, [{"type": "text", "text": text}]])}
+                    body["messages"] = [*system, user]
+                else:
+                    body["prompt"] = rng.choice([text, [text]])
+            elif roll < 0.35:
+                body.pop(rng.choice(fields), None)
+            elif roll < 0.5 and chat:
+                message = {"role": rng.choice(["user", "assistant", "system", "developer", "tool", "x", 5, None]),
+                           "content": rng.choice(FUZZ_VALUES)}
+                if rng.random() < 0.3:
+                    message.pop(rng.choice(["role", "content"]))
+                body["messages"] = rng.choice([[message], [{"role": "user", "content": "a"}, message], message])
+            else:
+                body[rng.choice(fields)] = rng.choice(FUZZ_VALUES)
+        bodies.append(("/v1/chat/completions" if chat else "/v1/completions", json.dumps(body).encode()))
+    return bodies
+
+
+def test_fuzzed_requests_never_get_500_and_keep_the_connection(engine: Engine) -> None:
+    app = create_app(engine, model_id=MODEL_ID, max_tokens_cap=4, max_body_bytes=65536, stream_interval=0)
+    statuses: dict[int, int] = {}
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as fuzz:
+        ports = set()
+        for path, content in _fuzz_bodies(320):
+            response = fuzz.post(path, content=content, headers={"Content-Type": "application/json"})
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (path, content[:300], response.text)
+            assert "close" not in response.headers.get("connection", ""), (path, content[:300])
+            if response.status_code >= 400:
+                error = response.json()["error"]
+                assert error["message"] and error["type"] == "invalid_request_error", (content[:300], error)
+            elif response.headers["content-type"].startswith("text/event-stream"):
+                assert response.text.endswith("data: [DONE]\n\n") and '"error"' not in response.text, response.text
+            ports.add(response.extensions["network_stream"].get_extra_info("client_addr"))
+        assert fuzz.get("/health").json()["status"] == "ok"
+        assert len(ports) == 1, "every request went over the one keep-alive connection"
+    assert statuses.get(200, 0) > 20 and statuses.get(400, 0) > 100, statuses
+    print("fuzzed statuses:", statuses)

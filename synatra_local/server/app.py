@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synatra_local.core.errors import SynatraError
+from synatra_local.runtime.limits import RANDOM_SEED
 
 from .scheduler import Scheduler
 from .schemas import (
@@ -41,6 +43,7 @@ from .schemas import (
 if TYPE_CHECKING:
     from synatra_local.runtime.engine import Engine, Generation, GenerationOptions
 
+logger = logging.getLogger("synatra_local.server")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_CAP = 2048
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -89,6 +92,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     _install_error_handlers(app)
+    app.add_middleware(_LastResort)  # added last: the outermost of ours
 
     def model_object() -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "synatra-local"}
@@ -229,7 +233,9 @@ def _options(body: SamplingFields, max_tokens: int | None, param: str, cap: int)
         for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
         if (value := getattr(body, name)) is not None
     }
-    seed = None if body.seed is None else body.seed % 0xFFFFFFFF  # llama.cpp seeds are uint32; all-ones = random
+    # OpenAI takes any 64-bit seed; llama.cpp's are 0 ... 2^32-2 (all-ones means "random"). Mapped, not refused, so
+    # that clients which send large or negative seeds still get the same text for the same seed.
+    seed = None if body.seed is None else body.seed % RANDOM_SEED
     return GenerationOptions(max_tokens=max_tokens or cap, seed=seed, stop=tuple(s for s in stop if s), **given)
 
 
@@ -420,7 +426,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
-        first = errors[0] if errors else {"msg": "invalid request", "loc": (), "type": ""}
+        # a union field (content: text or parts) reports one error per alternative: the deepest one says most
+        first = max(errors, key=lambda e: len(param_path(e.get("loc", ())) or ""), default=None)
+        first = first or {"msg": "invalid request", "loc": (), "type": ""}
         if first.get("type") == "json_invalid":
             detail = (first.get("ctx") or {}).get("error", "")
             body = error_body(f"The body is not valid JSON: {detail}".rstrip(": "), code="invalid_json")
@@ -448,7 +456,38 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SynatraError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, api_error)
+
+
+class _LastResort:
+    """An exception nothing else handled: a JSON 500 that closes the connection, never a dropped keep-alive.
+
+    Without it Starlette answers a plain-text 500 and re-raises, and uvicorn then closes the connection without
+    `Connection: close`, so a client's next request on it fails too. No input is meant to get here (every
+    expected failure is a 4xx above); this is for bugs, and it logs them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            logger.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            if started:  # part of a response is out: nothing valid can follow on this connection
+                raise
+            body = error_body(f"internal error: {type(exc).__name__}", type="server_error")
+            await JSONResponse(body, status_code=500, headers={"Connection": "close"})(scope, receive, send)
 
 
 # -- the guard: API key and body size, before anything reads the request -------------------------------------

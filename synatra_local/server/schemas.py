@@ -9,9 +9,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from synatra_local.runtime.limits import INT32_MAX, RANGES
 
 MAX_STOP_STRINGS = 16
+INT64 = (-(2**63), 2**63 - 1)  # OpenAI's seeds are 64-bit integers
+
+
+def _unicode_text(value: str) -> str:
+    """JSON can carry lone surrogates (`"\\ud800"`), which are no text: nothing could encode or tokenize them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = exc.start
+        raise ValueError(f"not valid Unicode text: a lone surrogate {value[where]!r} at index {where}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+
+
+def _bounds(name: str) -> Any:
+    """The engine's own range for option `name` (runtime/limits.py), as pydantic bounds."""
+    allowed = RANGES[name]
+    low = {"gt": allowed.low} if allowed.low_open else {"ge": allowed.low}
+    return Field(**low, le=allowed.high)
 
 
 class _Strict(BaseModel):
@@ -21,54 +44,54 @@ class _Strict(BaseModel):
 class ContentPart(_Strict):
     """One part of a list-form message content; only `{"type": "text", "text": ...}` is supported."""
 
-    type: str
-    text: str | None = None
+    type: Text
+    text: Text | None = None
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Text | list[ContentPart] | None = None
+    name: Text | None = None
 
 
 class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-StopField = Annotated[str | list[str] | None, Field(description="Stop at any of these strings (not included).")]
+StopField = Annotated[Text | list[Text] | None, Field(description="Stop at any of these strings (not included).")]
 
 
 class SamplingFields(_Strict):
     """What chat and text completions share."""
 
-    model: str | None = None
+    model: Text | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int | None, Field(ge=1)] = None
-    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
-    top_p: Annotated[float | None, Field(ge=0, le=1)] = None
-    top_k: Annotated[int | None, Field(ge=0)] = None
-    min_p: Annotated[float | None, Field(ge=0, le=1)] = None
-    repeat_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
-    seed: int | None = None
+    max_tokens: Annotated[int | None, _bounds("max_tokens")] = None
+    temperature: Annotated[float | None, _bounds("temperature")] = None
+    top_p: Annotated[float | None, _bounds("top_p")] = None
+    top_k: Annotated[int | None, _bounds("top_k")] = None
+    min_p: Annotated[float | None, _bounds("min_p")] = None
+    repeat_penalty: Annotated[float | None, _bounds("repeat_penalty")] = None
+    seed: Annotated[int | None, Field(ge=INT64[0], le=INT64[1])] = None
     stop: StopField = None
-    n: Annotated[int | None, Field(ge=1)] = None
-    user: str | None = None
+    n: Annotated[int | None, Field(ge=1, le=INT32_MAX)] = None
+    user: Text | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[int | None, _bounds("max_tokens")] = None
     logprobs: bool | None = None
     tools: list[Any] | None = None
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)]
     echo: bool | None = None
-    suffix: str | None = None
+    suffix: Text | None = None
     logprobs: int | None = None
-    best_of: Annotated[int | None, Field(ge=1)] = None
+    best_of: Annotated[int | None, Field(ge=1, le=INT32_MAX)] = None
 
 
 FIELD_NAMES = frozenset(
