@@ -27,11 +27,11 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 import jinja2
-import jinja2.ext
-import jinja2.sandbox
 
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.model_meta import detect_prompt_format as detect_format
+
+from . import jinja_sandbox
 
 V01 = "synatra-v0.1"
 V02 = "synatra-v0.2"
@@ -51,6 +51,13 @@ class Message(TypedDict):
 
 class ChatTemplateError(SynatraError, ValueError):
     """A conversation the template cannot render, or a chat template that does not compile."""
+
+
+class ChatTemplateLimitError(ChatTemplateError):
+    """A chat template that went past the time or size a render may take (see jinja_sandbox)."""
+
+
+TEMPLATE_FIX = "prompt with a built-in format instead: --template synatra-v0.1, synatra-v0.2 or chatml"
 
 
 @dataclass(frozen=True)
@@ -158,21 +165,23 @@ def _tojson(
     )
 
 
-def _compile(source: str) -> jinja2.Template:
-    """Compile like transformers does, so a checkpoint's template renders exactly as it does there."""
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
+def _compile(source: str, origin: str) -> jinja2.Template:
+    """Compile like transformers does, so a checkpoint's template renders exactly as it does there (bounded)."""
+    env = jinja_sandbox.BoundedEnvironment()
+    env.add_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
-        return env.from_string(source)
+        return env.compile_source(source)
     except jinja2.TemplateSyntaxError as error:
         raise ChatTemplateError(
-            f"chat template does not compile: {error.message} (line {error.lineno})",
+            f"{origin} does not compile: {error.message} (line {error.lineno})",
             fix="fix chat_template in tokenizer_config.json or choose a built-in format",
         ) from error
+    except jinja_sandbox.RenderLimit as error:
+        raise ChatTemplateLimitError(f"{origin} is refused: {error}", fix=TEMPLATE_FIX) from error
+    except (RecursionError, MemoryError) as error:
+        raise ChatTemplateLimitError(f"{origin} is too deeply nested to compile", fix=TEMPLATE_FIX) from error
 
 
 def _jinja_markers(source: str, eos_token: str) -> tuple[str, ...]:
@@ -190,26 +199,39 @@ def _jinja_markers(source: str, eos_token: str) -> tuple[str, ...]:
     return tuple(markers)
 
 
-def jinja_template(source: str, *, bos_token: str, eos_token: str) -> PromptTemplate:
-    """A checkpoint's own Jinja ``chat_template``, the ground truth for its prompt format."""
-    compiled = _compile(source)
+def jinja_template(
+    source: str, *, bos_token: str, eos_token: str, origin: str = "the model's chat template"
+) -> PromptTemplate:
+    """A checkpoint's own Jinja ``chat_template``, the ground truth for its prompt format.
+
+    Rendering is bounded in time and size (`jinja_sandbox`); `origin` names the template in errors.
+    """
+    compiled = _compile(source, origin)
 
     def render(messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        variables = {
+            "messages": list(messages),
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "add_generation_prompt": add_generation_prompt,
+        }
         try:
-            return compiled.render(
-                messages=list(messages),
-                bos_token=bos_token,
-                eos_token=eos_token,
-                add_generation_prompt=add_generation_prompt,
-            )
+            return jinja_sandbox.render(compiled, variables)
         except ChatTemplateError:
             raise
+        except jinja_sandbox.RenderLimit as error:
+            raise ChatTemplateLimitError(f"{origin} was stopped: {error}", fix=TEMPLATE_FIX) from error
+        except (RecursionError, MemoryError) as error:
+            raise ChatTemplateLimitError(f"{origin} was stopped: it ran out of {type(error).__name__[:-5].lower()}",
+                                         fix=TEMPLATE_FIX) from error
         except Exception as error:
-            raise ChatTemplateError(f"chat template failed to render: {error}") from error
+            raise ChatTemplateError(f"{origin} failed to render: {error}") from error
 
     try:
         probe = render([{"role": "user", "content": "x"}], True)
         bos_in_text = bool(bos_token) and probe.startswith(bos_token)
+    except ChatTemplateLimitError:
+        raise  # a template that cannot render one short message in bounds is refused at load
     except ChatTemplateError:
         bos_in_text = bool(bos_token) and "bos_token" in source
     return PromptTemplate(
