@@ -175,3 +175,43 @@ def test_refused_send_does_not_record_a_phantom_turn(engine: Engine) -> None:
     finally:
         busy.close()
     assert conversation.messages == []
+
+
+@pytest.mark.parametrize(
+    ("history", "reason"),
+    [
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "message 0 has role 'wizard'"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "'user' was expected"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+         "'assistant' was expected"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "message 0 has role 'system'"),
+        ({"messages": [{"role": "user", "content": ["parts"]}]}, "no text content"),
+        ({"system": 5, "messages": []}, "system prompt is not text"),
+        ({"messages": {"role": "user"}}, 'no "messages" list'),
+    ],
+)
+def test_load_refuses_bad_roles_and_keeps_the_conversation(engine: Engine, tmp_path: Path, history: dict,
+                                                           reason: str) -> None:
+    import json
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(history), encoding="utf-8")
+    conversation = Conversation(engine, system="원래", messages=[{"role": "user", "content": "q"},
+                                                                {"role": "assistant", "content": "a"}])
+    before = (conversation.system, list(conversation.messages))
+    with pytest.raises(SynatraError, match=reason):
+        conversation.load(path)
+    assert (conversation.system, conversation.messages) == before
+
+
+def test_save_to_an_unwritable_place_is_a_clear_error(engine: Engine, tmp_path: Path) -> None:
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    conversation = Conversation(engine, messages=turn)
+    for target in (tmp_path, Path("/proc/no-such-dir/c.json")):
+        with pytest.raises(SynatraError, match="cannot save the conversation to"):
+            conversation.save(target)
+    saved = conversation.save(tmp_path / "c.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"], "written whole, no partial file beside it"
+    again = Conversation(engine)
+    again.load(saved)
+    assert again.messages == conversation.messages

@@ -205,3 +205,68 @@ def test_python_dash_m_entry_point(checkpoint: Path) -> None:
         cwd=checkpoint.parent,  # not the checkout, whose source tree would shadow an installed package
     )
     assert result.returncode == 0 and "--json" in result.stdout
+
+
+# --- SIGTERM and SIGHUP clean up as Ctrl-C does -------------------------------------------------------------
+
+# Runs the CLI with one step made slow, after it has written a partial output, and says so on stderr.
+_SLOW_STEP = """
+import sys, time
+from synatra_local.cli import main
+from synatra_local.convert import gguf_export
+from synatra_local.core import llama_backend
+step = sys.argv[1]
+if step == "quantize":
+    real = llama_backend.quantize
+    def slow(*args, **kwargs):
+        real(*args, **kwargs)
+        print("WRITING", file=sys.stderr, flush=True)
+        time.sleep(60)
+    llama_backend.quantize = slow
+else:
+    real_convert, calls = gguf_export._convert, []
+    def slow(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            print("WRITING", file=sys.stderr, flush=True)
+            time.sleep(60)
+        return real_convert(*args, **kwargs)
+    gguf_export._convert = slow
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("step", ["quantize", "convert"])
+def test_termination_leaves_no_partial_or_intermediate_file(checkpoint: Path, tmp_path: Path, step: str,
+                                                           signum: str) -> None:
+    import signal
+
+    out = tmp_path / "out"
+    args = (["quantize", str(checkpoint), "-q", "Q8_0", "-q", "Q4_K_M", "-o", str(out), "--quiet"] if step == "quantize"
+            else ["convert", str(checkpoint), "-o", str(out / "tiny.gguf"), "--quiet"])
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_STEP, step, *args], stderr=subprocess.PIPE, text=True,
+                               stdout=subprocess.DEVNULL)
+    assert process.stderr is not None
+    try:
+        assert process.stderr.readline().strip() == "WRITING"
+        before = sorted(os.listdir(out))
+        assert any(name.endswith(".part") for name in before), before
+        if step == "quantize":
+            assert any(".intermediate." in name for name in before), before
+        process.send_signal(getattr(signal, signum))
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + getattr(signal, signum), err
+    assert f"stopped by {signum}" in err and "Traceback" not in err
+    assert os.listdir(out) == [], "no partial output, no intermediate GGUF"
+
+
+def test_progress_prints_markup_looking_names_literally(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x[" / "]y" / "[bold]y[server] [model].gguf"  # the path holds [/] too
+    result = run_cli("convert", checkpoint, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "convert → [bold]y[server] [model].gguf" in result.stderr
+    assert result.stdout == f"{out}\n"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+from rich.text import Text
+
 from ._app import stderr
 
 if TYPE_CHECKING:
@@ -24,7 +27,7 @@ def load_engine(
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
-    with stderr.status(f"loading {model}…", spinner="dots"):
+    with stderr.status(Text(f"loading {model}…"), spinner="dots"):
         engine = Engine(
             model,
             n_ctx=ctx,
@@ -37,7 +40,7 @@ def load_engine(
             verbose=verbose,
         )
     if verbose or engine.offload.layers:
-        stderr.print(f"[dim]{engine.offload.reason}; template {engine.template.name}[/]")
+        stderr.print(f"[dim]{escape(engine.offload.reason)}; template {escape(engine.template.name)}[/]")
     return engine
 
 

@@ -26,7 +26,7 @@ class TerminalProgress:
         self.finish()
         if not self._enabled:
             return
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+        columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn()]
         if total is not None:
             columns += [DownloadColumn(binary_units=True), TransferSpeedColumn()]
         self._bar = Progress(*columns, TimeElapsedColumn(), console=stderr, transient=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from ._app import run_app, stderr
 from ._engine import format_stats, generation_options, load_engine
@@ -32,6 +33,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from synatra_local.core.errors import SynatraError
     from synatra_local.runtime.conversation import Conversation
 
 app = typer.Typer(add_completion=False)
@@ -71,7 +73,7 @@ def chat(
         repeat_penalty=repeat_penalty, seed=seed, stop=stop,
     )
     conversation = Conversation(engine, system=system, options=options)
-    stderr.print(f"[dim]{engine.path.name} · template {engine.template.name} · {HELP}[/]")
+    stderr.print(f"[dim]{escape(engine.path.name)} · template {escape(engine.template.name)} · {HELP}[/]")
     read = _line_reader()
     while True:
         try:
@@ -90,6 +92,9 @@ def chat(
 
 
 def _reply(conversation: Conversation, text: str, verbose: bool) -> None:
+    """One turn; a failure the user can fix (a message longer than the context, ...) is said, the session stays."""
+    from synatra_local.core.errors import SynatraError
+
     stream = conversation.send(text)
     try:
         for piece in stream:
@@ -98,12 +103,16 @@ def _reply(conversation: Conversation, text: str, verbose: bool) -> None:
     except KeyboardInterrupt:
         stream.close()
         sys.stdout.write(" [stopped]")
+    except SynatraError as exc:
+        stream.close()
+        _say_error(exc)
+        return
     sys.stdout.write("\n")
     stats = conversation.last_stats
     if stats is not None and stats.dropped_turns:
         stderr.print(f"[yellow]context full: dropped the {stats.dropped_turns} oldest turn(s)[/]")
     if verbose and stats is not None:
-        stderr.print(f"[dim]{format_stats(stats)}[/]")
+        stderr.print(f"[dim]{escape(format_stats(stats))}[/]")
 
 
 def _line_reader() -> Callable[[], str]:
@@ -162,18 +171,22 @@ def _command(line: str, conversation: Conversation) -> bool:
             conversation.reset()
             stderr.print(f"[dim]system prompt {'set' if arg else 'cleared'}; conversation cleared[/]")
         elif name == "/save" and arg:
-            stderr.print(f"[dim]saved to {conversation.save(Path(arg))}[/]")
+            stderr.print(f"[dim]saved to {escape(str(conversation.save(Path(arg))))}[/]")
         elif name == "/load" and arg:
             conversation.load(Path(arg))
-            stderr.print(f"[dim]loaded {len(conversation.messages)} messages from {arg}[/]")
+            stderr.print(f"[dim]loaded {len(conversation.messages)} messages from {escape(arg)}[/]")
         elif name == "/stats":
             stats = conversation.last_stats
-            stderr.print(format_stats(stats) if stats else "no reply yet")
+            stderr.print(format_stats(stats) if stats else "no reply yet", markup=False)
         else:
             stderr.print(HELP)
     except SynatraError as exc:
-        stderr.print(f"[red]error:[/] {exc}")
+        _say_error(exc)
     return True
+
+
+def _say_error(exc: SynatraError) -> None:
+    stderr.print(f"[red]error:[/] {escape(exc.message)}" + (f" [dim]({escape(exc.fix)})[/]" if exc.fix else ""))
 
 
 def main(argv: list[str]) -> int:

@@ -32,14 +32,14 @@ def demo(
                  "every file format, the tokenizer, the template and the pipeline are real.")
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_checkpoint(Path(tmp) / "Synatra-V0.1-demo", version="v0.1", weights="bin", shards=2)
-        stderr.print(f"checkpoint: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+        stderr.print(f"checkpoint: {', '.join(sorted(p.name for p in folder.iterdir()))}", markup=False)
         paths = quantize(folder, ["Q4_K_M", "Q8_0"], output_dir=output_dir, force=True,
                          progress=TerminalProgress())
     for path in paths:
         print(path)
     engine = Engine(paths[0], n_ctx=512)
     messages = [{"role": "user", "content": DEMO_QUESTION}]
-    stderr.print(f"template {engine.template.name}; prompt: {engine.render(messages)!r}")
+    stderr.print(f"template {engine.template.name}; prompt: {engine.render(messages)!r}", markup=False)
     sys.stdout.write(f"user> {DEMO_QUESTION}\nsynatra> ")
     with engine.stream(messages, GenerationOptions(max_tokens=max_tokens, seed=0)) as generation:
         for piece in generation:

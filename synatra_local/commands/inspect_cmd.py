@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ._app import run_app
 from .options import ModelArg
@@ -35,6 +36,8 @@ def inspect(
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return
     table = Table(show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # a long path is wrapped, never cut short
     rows = [
         ("file", str(info.path)),
         ("size", format_bytes(info.file_bytes)),
@@ -51,7 +54,7 @@ def inspect(
         ("source", " @ ".join(filter(None, [info.source_repo, info.source_revision])) or "-"),
     ]
     for key, val in rows:
-        table.add_row(f"[bold]{key}[/]", val)
+        table.add_row(key, Text(val))  # GGUF fields are printed as they are, never as markup
     Console().print(table)
 
 
