@@ -55,8 +55,8 @@ HOSTILE = {
     "loop filters that never match": "{% set s = 'x' * 30000000 %}{% for c in s if false %}{% endfor %}"
                                      "{% for c in s if false %}{% endfor %}{% for c in s if false %}{% endfor %}",
     "recursive loop": "{% for m in [1] recursive %}{{ loop([1, 1]) }}{% endfor %}",
-    "loops over the messages": "{% for k in range(100000) %}{% for j in messages %}{{ j.content }}{% endfor %}"
-                               "{% endfor %}",
+    "loops over the messages": "{% for k in range(100000) %}{% for j in messages * 1000 %}{{ j.content }}"
+                               "{% endfor %}{% endfor %}",
 }
 
 
@@ -146,7 +146,9 @@ def test_engine_refuses_a_hostile_gguf_template(hostile_gguf: Path, quick_deadli
 
     with pytest.raises(ChatTemplateLimitError) as raised:
         Engine(hostile_gguf, n_ctx=256)
-    assert "hostile.gguf" in raised.value.message and "did not finish within 1 s" in raised.value.message
+    message = raised.value.message
+    assert message.startswith("hostile.gguf: the model's chat template was stopped: ")
+    assert "did not finish within 1 s" in message or "loops went past 1,000,000 numbers from range()" in message
     engine = Engine(hostile_gguf, n_ctx=256, template="synatra-v0.1")  # the fix it names works
     assert engine.prompt_tokens(ONE)[0] == 1
     engine.close()
@@ -158,6 +160,7 @@ def test_cli_refuses_a_hostile_gguf_template_within_seconds(hostile_gguf: Path) 
     elapsed = time.monotonic() - started
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0].startswith("error: hostile.gguf: the model's chat template was stopped: it did not finish within")
+    assert lines[0].startswith("error: hostile.gguf: the model's chat template was stopped: "), lines
+    assert "did not finish within 5 s" in lines[0] or "loops went past 1,000,000 numbers from range()" in lines[0]
     assert lines[1].startswith("fix: prompt with a built-in format instead: --template synatra-v0.1")
     assert elapsed < jinja_sandbox.RENDER_SECONDS + 30, "the default deadline, plus loading the model"

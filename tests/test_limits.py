@@ -68,8 +68,16 @@ def test_engine_refuses_bad_sizes_before_loading(tmp_path: Path, kwargs: dict[st
 
 @pytest.mark.parametrize("layers", ["-5", -3, "lots", True, "1e3"])
 def test_engine_refuses_bad_gpu_layers(tiny_gguf_v01: Path, layers: object) -> None:
-    with pytest.raises(SynatraError, match="--gpu-layers .* is not auto, all or a number of layers"):
+    with pytest.raises(SynatraError, match=r"--gpu-layers must be auto, all or a number of layers from 0 \(this "
+                                           r"model has 3\), not '"):
         Engine(tiny_gguf_v01, gpu_layers=layers)  # type: ignore[arg-type]
+
+
+def test_cli_refuses_bad_gpu_layers(tiny_gguf_v01: Path) -> None:
+    done = subprocess.run([CLI, "run", str(tiny_gguf_v01), "hi", "--gpu-layers", "-5"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: --gpu-layers must be auto, all or a number of layers from 0"), done.stderr
 
 
 def test_context_is_what_llama_cpp_allocates(tiny_gguf_v01: Path) -> None:

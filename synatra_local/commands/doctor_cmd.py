@@ -47,6 +47,7 @@ def doctor(
         from synatra_local.runtime.store import resolve_model
 
         info = read_model_info(resolve_model(model))
+        ctx = llama_backend.allocated_context(ctx)  # what llama.cpp would allocate for it
         plan = plan_offload(info, gpu_layers, n_ctx=ctx)
         fp = footprint(info, ctx)
         print(f"model           {info.path} ({info.file_type}, {info.parameters / 1e9:.2f} B parameters)")

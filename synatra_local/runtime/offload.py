@@ -89,7 +89,9 @@ def choose_layers(
         request = "all"
     if request not in {"auto", "all"} and not request.isdigit():
         raise SynatraError(
-            f"--gpu-layers {request!r} is not auto, all or a number of layers", fix="e.g. --gpu-layers auto"
+            f"--gpu-layers must be auto, all or a number of layers from 0 (this model has {everything}), "
+            f"not {request!r}",
+            fix="e.g. --gpu-layers auto",
         )
     if request == "0":
         return OffloadPlan(0, everything, "CPU only (--gpu-layers 0)")
