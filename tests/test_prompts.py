@@ -290,35 +290,3 @@ def test_reused_turns_stay_exact_with_injected_text(engines: dict[str, Engine]) 
         tail = reused[len(turn) :]
         fresh = PromptBuilder(engine._model, engine.template).tokens(second)
         assert tail and fresh[-len(tail) :] == tail and fresh[-len(tail) - 1] == end, fmt
-
-
-@pytest.mark.parametrize("model_fixture", ["tiny_gguf_v01", "tiny_gguf_v03", "smollm2_gguf", "gemma3_gguf"])
-def test_split_special_is_llama_cpp_s_own_split(model_fixture: str, request: pytest.FixtureRequest) -> None:
-    """Without message text to protect, our tokenizing equals llama.cpp's own special parsing, token for token:
-    SentencePiece (with and without the dummy prefix), BPE, a vocabulary with 6,414 special tokens."""
-    import random
-
-    from synatra_local.core.llama_backend import LlamaModel
-    from synatra_local.runtime.prompts import _TextOnly
-
-    model = LlamaModel(request.getfixturevalue(model_fixture), n_ctx=256)
-    text_only = _TextOnly(model)
-    specials = [t.text for t in model.special_tokens][:40] + ["<", "|>", "</", "[INST]", "<|im_"]
-    words = ["안녕", " 하세요", "Hello", " world", "\n", "\n\n", "  ", "\t", "😀", "ᄀ", "x", " ", "."]
-    rng = random.Random(8)
-    for _ in range(150):
-        text = "".join(rng.choice(specials if rng.random() < 0.3 else words) for _ in range(rng.randint(1, 14)))
-        for add_bos in (False, model.adds_bos):
-            expected = model.tokenize(text, add_bos=add_bos, special=True)
-            assert text_only.tokenize(text, add_bos=add_bos) == expected, repr(text)
-    model.close()
-
-
-def test_lone_surrogates_are_a_clear_error(engines: dict[str, Engine]) -> None:
-    from synatra_local.runtime.prompts import PromptTextError
-
-    engine = engines["chatml"]
-    with pytest.raises(PromptTextError, match="message 1 content is not valid Unicode text"):
-        engine.prompt_tokens([{"role": "system", "content": "ok"}, {"role": "user", "content": "bad \ud800"}])
-    with pytest.raises(PromptTextError, match="the prompt is not valid Unicode text"):
-        engine.complete("\udfff")

@@ -20,10 +20,11 @@ from synatra_local.core.gguf_info import ModelInfo, read_model_info
 from . import limits
 from .detokenizer import StreamingDetokenizer
 from .offload import OffloadPlan, plan_offload
-from .prompts import PromptBuilder, check_text, select_template
+from .prompts import PromptBuilder, select_template
 from .stops import StopScanner
 from .store import resolve_model
 from .templates import ChatTemplateError, Message, PromptTemplate
+from .text_only import check_text
 
 StopReason = Literal["end_of_turn", "stop", "max_tokens", "context_full", "cancelled"]
 
