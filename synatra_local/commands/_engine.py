@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
 from ._app import stderr
 
 if TYPE_CHECKING:
@@ -24,7 +26,7 @@ def load_engine(
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
-    with stderr.status(f"loading {model}…", spinner="dots"):
+    with stderr.status(f"loading {escape(model)}…", spinner="dots"):
         engine = Engine(
             model,
             n_ctx=ctx,
@@ -36,8 +38,12 @@ def load_engine(
             repack=not no_repack,
             verbose=verbose,
         )
+    for warning in engine.template_decision.warnings:
+        stderr.print(f"warning: {warning}", style="yellow", markup=False)
     if verbose or engine.offload.layers:
         stderr.print(f"[dim]{engine.offload.reason}; template {engine.template.name}[/]")
+    if verbose:
+        stderr.print(f"prompt format {engine.template_decision.describe()}", style="dim", markup=False)
     return engine
 
 
