@@ -26,9 +26,10 @@ def load_engine(
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
+    path = model_path(model)
     with stderr.status(f"loading {escape(model)}…", spinner="dots"):
         engine = Engine(
-            model,
+            path,
             n_ctx=ctx,
             threads=threads,
             batch=batch,
@@ -45,6 +46,28 @@ def load_engine(
     if verbose:
         stderr.print(f"prompt format {engine.template_decision.describe()}", style="dim", markup=False)
     return engine
+
+
+def model_path(model: str) -> str:
+    """A local model as given; else a hub reference (`owner/repo:QUANT`) pulled first, as `ollama run` does."""
+    from pathlib import Path
+
+    from synatra_local.core.errors import ModelFileError
+    from synatra_local.core.hub import parse_hub_ref
+    from synatra_local.runtime.store import resolve_model
+
+    try:
+        return str(resolve_model(model))
+    except ModelFileError:
+        ref = parse_hub_ref(model)
+        if ref is None or Path(model).exists():
+            raise
+    from synatra_local.runtime.pull import pull
+
+    from ._progress import TerminalProgress
+
+    stderr.print(f"{model} is not in the models folder: pulling it", markup=False)
+    return str(pull(ref, progress=TerminalProgress()))
 
 
 def generation_options(
