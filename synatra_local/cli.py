@@ -13,6 +13,7 @@ COMMANDS = {
     "chat": "Chat with a model in the terminal.",
     "serve": "Serve a model over an OpenAI-compatible HTTP API.",
     "pull": "Download a GGUF from the Hugging Face hub (owner/repo:QUANT) into the models folder.",
+    "modelfile": "Print an Ollama Modelfile that prompts a GGUF exactly as synatra-local does.",
     "list": "List the models in the models folder, their prompt format and origin.",
     "rm": "Remove a model from the models folder.",
     "doctor": "Show what this machine and build can do (CPU, CUDA offload, VRAM).",
