@@ -18,9 +18,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -431,3 +433,83 @@ def test_a_users_file_of_the_same_name_is_kept(tmp_path: Path, fake_hub: FakeHub
     forced = space.cli("pull", f"{REPO}:Q8_0", "--force")
     assert forced.returncode == 0, forced.stderr
     assert (space.models / FILE).read_bytes() == fake_hub.files[FILE]
+
+
+# --- how the models folder holds the bytes, and progress -----------------------------------------------
+
+
+def test_across_filesystems_the_model_is_a_symlink_to_the_blob(tmp_path: Path, tiny_gguf_v03: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to make a hard link impossible")
+    space = workspace(tmp_path, offline=True)
+    storage = lay_out_cache(space.cache, {FILE: tiny_gguf_v03})
+    models = Path(tempfile.mkdtemp(dir=shm, prefix="synatra-pull-"))
+    try:
+        result = space.cli("pull", f"{REPO}:Q8_0", "--quiet", SYNATRA_LOCAL_MODELS=str(models))
+        assert result.returncode == 0, result.stderr
+        model = models / FILE
+        blob = storage / "blobs" / sha256_of(tiny_gguf_v03)
+        assert model.is_symlink() and model.resolve() == blob.resolve()
+        assert json.loads((models / f"{FILE}.origin.json").read_text(encoding="utf-8"))["link"] == "symlink"
+        removed = space.cli("rm", FILE, SYNATRA_LOCAL_MODELS=str(models))
+        assert removed.returncode == 0, removed.stderr
+        assert not any(models.iterdir()) and blob.is_file(), "rm removes the link, never the cache's blob"
+    finally:
+        shutil.rmtree(models, ignore_errors=True)
+
+
+class Recorder:
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.interrupt_after = interrupt_after
+
+    def start(self, description: str, total: int | None) -> None:
+        self.calls.append(("start", (description, total)))
+
+    def advance(self, amount: int) -> None:
+        self.calls.append(("advance", amount))
+        if self.interrupt_after is not None and len(self.calls) > self.interrupt_after:
+            raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        self.calls.append(("finish", None))
+
+
+def test_where_no_link_can_be_made_the_model_is_copied_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synatra_local.runtime import pull as pull_module
+    from synatra_local.runtime.store import Origin
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(3 * (8 << 20) + 5))
+    folder = tmp_path / "models"
+    folder.mkdir()
+
+    def refuse(*args: object) -> None:
+        raise OSError("links not supported here")
+
+    monkeypatch.setattr(pull_module.os, "link", refuse)
+    monkeypatch.setattr(pull_module.os, "symlink", refuse)
+    origin = Origin(REPO, COMMIT, FILE, None, blob.stat().st_size, link="")
+    with pytest.raises(KeyboardInterrupt):
+        pull_module._place(blob, folder / FILE, origin, Recorder(interrupt_after=2))
+    assert not any(folder.iterdir()), "an interrupted copy leaves nothing, hidden or not"
+    target = pull_module._place(blob, folder / FILE, origin, Recorder())
+    assert target.read_bytes() == blob.read_bytes() and not target.is_symlink()
+    assert target.stat().st_ino != blob.stat().st_ino
+    assert json.loads((folder / f"{FILE}.origin.json").read_text(encoding="utf-8"))["link"] == "copy"
+
+
+def test_huggingface_hub_progress_reaches_a_replaceable_progress() -> None:
+    from synatra_local.core.hub import progress_bar_class
+
+    recorder = Recorder()
+    bar_class = progress_bar_class(recorder)
+    # as huggingface_hub's http_get creates and drives its bar (tqdm_class=...)
+    with bar_class(unit="B", unit_scale=True, total=100, initial=10, desc=FILE, name="huggingface_hub.http_get") as bar:
+        bar.update(40)
+        bar.update(50)
+    assert recorder.calls == [("start", (f"downloading {FILE}", 100)), ("advance", 10), ("advance", 40),
+                              ("advance", 50), ("finish", None)]
