@@ -240,14 +240,17 @@ def builtin_stand_in(template: PromptTemplate, *, bos_token: str, eos_token: str
     """The built-in format that renders exactly what `template` (a GGUF's own) renders on every probe, if one does.
 
     Only such a format may replace the model's own template: the built-ins are append-only, which lets the
-    runtime reuse the previous turn's KV cache, and their turn markers are known.
+    runtime reuse the previous turn's KV cache, and their turn markers are known. It must also agree on whether
+    the text carries BOS (a model whose BOS is `<|im_start|>` would otherwise get it twice).
     """
     expected = [_render_or_none(template, list(messages)) for messages in PROBE_CONVERSATIONS]
     if None in expected:
         return None
     for name in BUILTIN_FORMATS:
         builtin = builtin_template(name, bos_token=bos_token, eos_token=eos_token)
-        if all(builtin.render(list(m)) == text for m, text in zip(PROBE_CONVERSATIONS, expected, strict=True)):
+        if builtin.bos_in_text == template.bos_in_text and all(
+            builtin.render(list(m)) == text for m, text in zip(PROBE_CONVERSATIONS, expected, strict=True)
+        ):
             return name
     return None
 
