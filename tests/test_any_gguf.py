@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import gguf
@@ -246,11 +248,18 @@ CONVERSATIONS = {
 }
 
 
+def _raise(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
 def _jinja2_reference(source: str, messages: list[dict[str, str]], bos: str, eos: str) -> str:
-    """The template rendered with plain jinja2 under transformers' settings."""
+    """The template rendered with plain jinja2 under transformers' settings and globals."""
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )
+    env.filters["tojson"] = lambda value, **kw: json.dumps(value, ensure_ascii=False, **kw)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(source).render(messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
 
 

@@ -222,6 +222,11 @@ def test_offline_repo_not_in_the_cache(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "not in the local hub cache and downloads are off (HF_HUB_OFFLINE)" in result.stderr
     assert nothing_in(space.models)
+    ran = space.cli("run", "someone/Other-GGUF:Q4_K_M", "안녕")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr and ran.stdout == ""
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no model 'someone/Other-GGUF:Q4_K_M'" in errors[0]
+    assert "pulling it failed" in errors[0] and "HF_HUB_OFFLINE" in errors[0]
 
 
 def test_offline_corrupt_blob_is_refused_and_removed(tmp_path: Path) -> None:

@@ -52,9 +52,9 @@ def model_path(model: str) -> str:
     """A local model as given; else a hub reference (`owner/repo:QUANT`) pulled first, as `ollama run` does."""
     from pathlib import Path
 
-    from synatra_local.core.errors import ModelFileError
+    from synatra_local.core.errors import ModelFileError, SynatraError
     from synatra_local.core.hub import parse_hub_ref
-    from synatra_local.runtime.store import resolve_model
+    from synatra_local.runtime.store import models_dir, resolve_model
 
     try:
         return str(resolve_model(model))
@@ -67,8 +67,12 @@ def model_path(model: str) -> str:
     from ._progress import TerminalProgress
 
     stderr.print(f"{model} is not in the models folder: pulling it", markup=False)
-    return str(pull(ref, progress=TerminalProgress()))
-
+    try:
+        return str(pull(ref, progress=TerminalProgress()))
+    except SynatraError as exc:
+        raise SynatraError(
+            f"no model {model!r} in {models_dir()}, and pulling it failed: {exc.message}", fix=exc.fix
+        ) from exc
 
 def generation_options(
     *,
