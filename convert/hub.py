@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from synatra_local.core.errors import SynatraError
+from synatra_local.core.hub import REPO_ID, hub_errors, is_offline
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 METADATA_FILES = [
     "config.json",
     "generation_config.json",
@@ -31,7 +30,7 @@ class ResolvedSource:
 
 
 def looks_like_repo_id(source: str) -> bool:
-    return bool(_REPO_ID.match(source)) and not Path(source).exists()
+    return bool(REPO_ID.match(source)) and not Path(source).exists()
 
 
 def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
@@ -39,7 +38,7 @@ def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
     if Path(source).exists():
         return ResolvedSource(Path(source))
     repo_id, _, at_revision = source.partition("@")
-    if not _REPO_ID.match(repo_id):
+    if not REPO_ID.match(repo_id):
         raise SynatraError(
             f"{source} is neither a folder nor a Hugging Face repo id",
             fix="pass a model folder, or a repo id like maywell/Synatra-7B-v0.3-dpo",
@@ -57,16 +56,10 @@ def allow_patterns(repo_files: list[str] | None) -> list[str]:
 
 def download_checkpoint(repo_id: str, revision: str | None = None) -> ResolvedSource:
     """Download (resumably, into the hub cache) or reuse a snapshot; offline mode uses the cache only."""
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import HfApi, snapshot_download
 
-    offline = constants.is_offline_mode()
-    try:
+    offline = is_offline()
+    with hub_errors(repo_id, revision, offline_fix="download it once while online, or pass a local folder"):
         repo_files = None
         if not offline:
             info = HfApi().model_info(repo_id, revision=revision)
@@ -78,23 +71,6 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> ResolvedSo
             allow_patterns=allow_patterns(repo_files),
             local_files_only=offline,
         )
-    except GatedRepoError as exc:
-        raise SynatraError(
-            f"{repo_id} is gated", fix="accept its terms on the hub and run `hf auth login`"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise SynatraError(f"{repo_id} was not found on the hub", fix="check the repo id") from exc
-    except RevisionNotFoundError as exc:
-        raise SynatraError(f"{repo_id} has no revision {revision}", fix="check --revision") from exc
-    except LocalEntryNotFoundError as exc:
-        raise SynatraError(
-            f"{repo_id} is not in the local hub cache and downloads are off (HF_HUB_OFFLINE)",
-            fix="download it once while online, or pass a local folder",
-        ) from exc
-    except Exception as exc:  # the network boundary: a refused connection, a timeout, an HTTP error, ...
-        raise SynatraError(
-            f"could not download {repo_id}: {type(exc).__name__}: {exc}", fix="check the network and try again"
-        ) from exc
     path = Path(folder)
     # The snapshot folder is named after the commit it holds, whatever branch or tag was asked for.
     return ResolvedSource(path, repo_id=repo_id, revision=path.name)

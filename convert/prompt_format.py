@@ -1,39 +1,34 @@
-"""Decide once, at conversion, which Synatra prompt format a checkpoint expects, so the runtime never guesses."""
+"""Decide once, at conversion, which Synatra prompt format a checkpoint expects, and record it in the GGUF."""
 
 from __future__ import annotations
 
-import re
 import sys
 
-from synatra_local.core.model_meta import detect_prompt_format
+from synatra_local.core.model_meta import CHATML_TOKENS, FALLBACK_FORMAT, synatra_version_format
 
 from .checkpoint import Checkpoint
 
-_VERSION_FORMATS = {"0.1": "synatra-v0.1", "0.2": "synatra-v0.2", "0.3": "chatml"}
-
 
 def resolve_prompt_format(checkpoint: Checkpoint, chat_template: object, override: str | None) -> str:
-    """The override, else the checkpoint's own template, else its Synatra version, else its added tokens.
+    """The override, else the checkpoint's own template (`jinja`), else its Synatra version, else its added tokens.
 
-    A template we do not recognise is kept as `jinja`: the runtime renders it as transformers would.
+    A checkpoint's own template is the ground truth, so it is recorded as `jinja` whatever it looks like: the
+    runtime renders it as transformers would, or with a built-in renderer only where that renders identically.
     """
     if override:
         return override
     if isinstance(chat_template, str) and chat_template:
-        return detect_prompt_format(chat_template) or "jinja"
-    name = " ".join(
-        filter(None, [checkpoint.repo_id, checkpoint.folder.name, checkpoint.config.get("_name_or_path")])
-    )
-    version = re.search(r"v(0\.[123])", name, re.I)
-    if version:
-        return _VERSION_FORMATS[version.group(1)]
-    if (checkpoint.folder / "added_tokens.json").is_file() and "<|im_start|>" in (
-        checkpoint.folder / "added_tokens.json"
-    ).read_text(encoding="utf-8"):
+        return "jinja"
+    for name in (checkpoint.repo_id, checkpoint.folder.name, checkpoint.config.get("_name_or_path")):
+        fmt = synatra_version_format(name if isinstance(name, str) else None)
+        if fmt is not None:
+            return fmt
+    added = checkpoint.folder / "added_tokens.json"
+    if added.is_file() and all(token in added.read_text(encoding="utf-8") for token in CHATML_TOKENS):
         return "chatml"
     print(
         f"warning: {checkpoint.folder} names no Synatra version and has no chat_template; "
         "assuming Mistral's [INST] … [/INST] format (pass --prompt-format to choose)",
         file=sys.stderr,
     )
-    return "synatra-v0.2"
+    return FALLBACK_FORMAT

@@ -57,13 +57,17 @@ def build_checkpoint(
     shape: ModelShape = TINY,
     seed: int = 0,
     tokenizer_model: Path | None = None,
+    chat_template: bool = True,
 ) -> Path:
-    """Write a complete Hugging Face folder for a Synatra-`version`-shaped model with random weights."""
+    """Write a complete Hugging Face folder for a Synatra-`version`-shaped model with random weights.
+
+    `chat_template=False` leaves the template out of tokenizer_config.json, as in checkpoints of Synatra's age.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = 32002 if version == "v0.3" else 32000
     shape = replace(shape)
-    _write_metadata(folder, version, shape, vocab_size, dtype)
+    _write_metadata(folder, version, shape, vocab_size, dtype, chat_template)
     shutil.copyfile(tokenizer_model or mistral_v1_tokenizer(), folder / "tokenizer.model")
     shapes = dict(_tensor_shapes(shape, vocab_size))
     names = list(shapes)
@@ -124,7 +128,9 @@ def _random_tensor(name: str, shape: tuple[int, ...], dtype: str, seed: int) -> 
     return values.astype(np.float16 if storage == "F16" else np.float32)
 
 
-def _write_metadata(folder: Path, version: str, s: ModelShape, vocab_size: int, dtype: str) -> None:
+def _write_metadata(
+    folder: Path, version: str, s: ModelShape, vocab_size: int, dtype: str, chat_template: bool
+) -> None:
     torch_dtype = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}[dtype]
     config = {
         "_name_or_path": f"maywell/Synatra-7B-{version}-shaped-random",
@@ -161,7 +167,7 @@ def _write_metadata(folder: Path, version: str, s: ModelShape, vocab_size: int, 
         "tokenizer_class": "LlamaTokenizer",
         "legacy": True,
         "clean_up_tokenization_spaces": False,
-        "chat_template": CHAT_TEMPLATES[VERSION_FORMATS[version]],
+        **({"chat_template": CHAT_TEMPLATES[VERSION_FORMATS[version]]} if chat_template else {}),
         "added_tokens_decoder": {
             str(i): {
                 "content": t,

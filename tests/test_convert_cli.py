@@ -94,6 +94,7 @@ def test_inspect_shows_architecture_format_license_and_tensor_types(quantized) -
             rows[key.strip()] = value.strip()
     assert rows["architecture"] == "llama"
     assert rows["prompt format"] == "synatra-v0.1"
+    assert rows["format chosen by"].startswith("recorded: synatra.prompt_format = jinja")
     assert rows["license"] == "cc-by-nc-4.0"
     assert rows["file type"] == "Q4_K_M"
     assert rows["layers / heads / kv heads"] == "2 / 4 / 2"
@@ -121,12 +122,22 @@ def test_inspect_json(quantized, checkpoint: Path) -> None:
         "embedding_length": 256,
         "head_count": 4,
         "head_count_kv": 2,
-        "prompt_format": "synatra-v0.1",
+        "prompt_format": "jinja",
         "chat_template": template,
         "license": "cc-by-nc-4.0",
         "source_repo": None,
         "source_revision": None,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
         "tensor_types": {"Q8_0": 16, "F32": 5},
+        "format": {
+            "format": "synatra-v0.1",
+            "rule": "recorded",
+            "reason": "synatra.prompt_format = jinja: its own chat template, which built-in synatra-v0.1 renders "
+            "identically",
+            "warnings": [],
+        },
+        "pulled_from": None,
     }
     assert data == expected
 

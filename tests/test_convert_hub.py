@@ -204,7 +204,7 @@ def test_offline_repo_id_converts_from_the_cache(
     assert recorded["synatra.source.repo_id"] == REPO
     assert recorded["synatra.source.revision"] == SHA
     assert recorded["general.name"] == "Synatra-V0.1-tiny"
-    assert recorded["synatra.prompt_format"] == "synatra-v0.1"
+    assert recorded["synatra.prompt_format"] == "jinja"
     assert recorded["general.license"] == "cc-by-nc-4.0"
     assert os.listdir(tmp_path) == ["hub.gguf"]
 

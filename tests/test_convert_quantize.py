@@ -157,7 +157,7 @@ def test_quantized_files_keep_converter_metadata(quantized, checkpoint: Path) ->
     out, _, _ = quantized
     path = out / f"{STEM}-Q4_K_M.gguf"
     assert field(path, "general.architecture") == "llama"
-    assert field(path, "synatra.prompt_format") == "synatra-v0.1"
+    assert field(path, "synatra.prompt_format") == "jinja"
     assert field(path, "general.license") == "cc-by-nc-4.0"
     template = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
     assert field(path, "tokenizer.chat_template") == template

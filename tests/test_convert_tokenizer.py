@@ -20,9 +20,9 @@ from synatra_local.convert.tiny import CHATML_TOKENS, build_checkpoint
 from synatra_local.core.llama_backend import LlamaModel
 
 VERSIONS = {
-    # version: (folder name, vocab size, prompt format recorded in the GGUF)
-    "v0.1": ("Synatra-V0.1-tiny", 32000, "synatra-v0.1"),
-    "v0.3": ("Synatra-7B-v0.3-tiny", 32002, "chatml"),
+    # version: (folder name, vocab size, prompt format recorded in the GGUF: its own template)
+    "v0.1": ("Synatra-V0.1-tiny", 32000, "jinja"),
+    "v0.3": ("Synatra-7B-v0.3-tiny", 32002, "jinja"),
 }
 
 TEXTS = {

@@ -164,3 +164,17 @@ def test_cli_refuses_a_hostile_gguf_template_within_seconds(hostile_gguf: Path) 
     assert "did not finish within 5 s" in lines[0] or "loops went past 1,000,000 numbers from range()" in lines[0]
     assert lines[1].startswith("fix: prompt with a built-in format instead: --template synatra-v0.1")
     assert elapsed < jinja_sandbox.RENDER_SECONDS + 30, "the default deadline, plus loading the model"
+
+
+def test_a_template_that_hangs_on_a_longer_probe_is_refused_at_load(quick_deadline: float) -> None:
+    """The load-time probes that look for a built-in stand-in are bounded too, and a limit there refuses the
+    template instead of leaving every longer request to run into it."""
+    from synatra_local.runtime.templates import builtin_stand_in
+
+    source = ("{% if messages|length > 1 %}{% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% endfor %}"
+              "{% endfor %}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}")
+    template = jinja_template(source, bos_token="<s>", eos_token="</s>")  # one message renders at once
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateLimitError, match="did not finish within 1 s"):
+        builtin_stand_in(template, bos_token="<s>", eos_token="</s>")
+    assert time.monotonic() - started < quick_deadline + 3

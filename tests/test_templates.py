@@ -17,6 +17,7 @@ from synatra_local.convert.reference_chat_templates import CHAT_TEMPLATES
 from synatra_local.core.errors import SynatraError
 from synatra_local.runtime.templates import (
     Message,
+    builtin_stand_in,
     builtin_template,
     detect_format,
     jinja_template,
@@ -311,3 +312,48 @@ def test_detect_format() -> None:
 def test_jinja_markers_without_known_format() -> None:
     template = jinja_template("{{ '<|im_end|>' }}{{ eos_token }}", bos_token=BOS, eos_token="<|end|>")
     assert template.stop_markers == ("<|im_end|>", "<|end|>")
+
+
+# --- a built-in renderer stands in for a GGUF's own template only where it renders identically --------------
+
+_DEFAULT_SYSTEM_CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TRIMMING_CHATML = CHAT_TEMPLATES["chatml"].replace("message['content']", "message['content'] | trim")
+_NO_SYSTEM_MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ raise_exception('no system role') }}{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_builtin_stands_in_for_the_template_it_mirrors(name: str) -> None:
+    own = jinja_template(CHAT_TEMPLATES[name], bos_token=BOS, eos_token=EOS)
+    assert builtin_stand_in(own, bos_token=BOS, eos_token=EOS) == name
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        (_DEFAULT_SYSTEM_CHATML, "a default system turn when there is none"),
+        (_TRIMMING_CHATML, "content trimmed of its surrounding spaces"),
+        (_NO_SYSTEM_MISTRAL, "a system turn refused"),
+        (CHAT_TEMPLATES["synatra-v0.1"].replace("\\n\\n", "\\n"), "another system separator"),
+    ],
+)
+def test_no_builtin_stands_in_where_any_probe_differs(source: str, why: str) -> None:
+    assert source not in CHAT_TEMPLATES.values()
+    own = jinja_template(source, bos_token=BOS, eos_token=EOS)
+    assert builtin_stand_in(own, bos_token=BOS, eos_token=EOS) is None, why
+
+
+def test_no_builtin_stands_in_where_bos_handling_differs() -> None:
+    """A ChatML model whose BOS is <|im_start|>: its template's text starts with BOS, the built-in's does not."""
+    own = jinja_template(CHAT_TEMPLATES["chatml"], bos_token="<|im_start|>", eos_token="<|im_end|>")
+    assert own.bos_in_text
+    assert builtin_stand_in(own, bos_token="<|im_start|>", eos_token="<|im_end|>") is None

@@ -27,9 +27,10 @@ def load_engine(
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
+    path = model_path(model)
     with stderr.status(Text(f"loading {model}…"), spinner="dots"):
         engine = Engine(
-            model,
+            path,
             n_ctx=ctx,
             threads=threads,
             batch=batch,
@@ -39,10 +40,40 @@ def load_engine(
             repack=not no_repack,
             verbose=verbose,
         )
+    for warning in engine.template_decision.warnings:
+        stderr.print(f"warning: {warning}", style="yellow", markup=False)
     if verbose or engine.offload.layers:
         stderr.print(f"[dim]{escape(engine.offload.reason)}; template {escape(engine.template.name)}[/]")
+    if verbose:
+        stderr.print(f"prompt format {engine.template_decision.describe()}", style="dim", markup=False)
     return engine
 
+
+def model_path(model: str) -> str:
+    """A local model as given; else a hub reference (`owner/repo:QUANT`) pulled first, as `ollama run` does."""
+    from pathlib import Path
+
+    from synatra_local.core.errors import ModelFileError, SynatraError
+    from synatra_local.core.hub import parse_hub_ref
+    from synatra_local.runtime.store import models_dir, resolve_model
+
+    try:
+        return str(resolve_model(model))
+    except ModelFileError:
+        ref = parse_hub_ref(model)
+        if ref is None or Path(model).exists():
+            raise
+    from synatra_local.runtime.pull import pull
+
+    from ._progress import TerminalProgress
+
+    stderr.print(f"{model} is not in the models folder: pulling it", markup=False)
+    try:
+        return str(pull(ref, progress=TerminalProgress()))
+    except SynatraError as exc:
+        raise SynatraError(
+            f"no model {model!r} in {models_dir()}, and pulling it failed: {exc.message}", fix=exc.fix
+        ) from exc
 
 def generation_options(
     *,

@@ -43,7 +43,13 @@ PromptFormat = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-ModelArg = Annotated[str, typer.Argument(help="A .gguf path, or a model name from `synatra-local list`.")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="A .gguf path, a model name from `synatra-local list`, or a hub reference owner/repo:QUANT "
+        "(run, chat and serve pull it first when it is not in the models folder)."
+    ),
+]
 OutputDir = Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the outputs.")]
 
 Ctx = Annotated[int, ranged("--ctx", "-c", name="n_ctx", help="Context size in tokens.")]

@@ -10,7 +10,7 @@ import gguf
 
 from .errors import ModelFileError
 from .llama_backend import read_gguf_header
-from .model_meta import PROMPT_FORMAT_KEY, SOURCE_REPO_KEY, SOURCE_REVISION_KEY
+from .model_meta import PROMPT_FORMAT_KEY, SOURCE_REPO_KEY, SOURCE_REVISION_KEY, name_sources
 
 GGUF_MAGIC = b"GGUF"
 
@@ -42,6 +42,12 @@ class ModelInfo:
     source_repo: str | None
     source_revision: str | None
     tensors: list[TensorEntry] = field(repr=False, default_factory=list)
+    # What format detection reads: the names the file gives itself (general.name, ..., the file name) in the
+    # order the name rule reads them, the vocabulary's special tokens, and the BOS/EOS texts.
+    names: list[tuple[str, str]] = field(repr=False, default_factory=list)
+    special_tokens: frozenset[str] = field(repr=False, default_factory=frozenset)
+    bos_token: str | None = None
+    eos_token: str | None = None
 
     @property
     def tensor_types(self) -> dict[str, int]:
@@ -90,7 +96,15 @@ def read_model_info(path: Path) -> ModelInfo:
         source_repo=_str(value(SOURCE_REPO_KEY)),
         source_revision=_str(value(SOURCE_REVISION_KEY)),
         tensors=tensors,
+        names=name_sources(header.values, path.name),
+        special_tokens=frozenset(header.special_tokens.values()),
+        bos_token=_token(header.special_tokens, value("tokenizer.ggml.bos_token_id")),
+        eos_token=_token(header.special_tokens, value("tokenizer.ggml.eos_token_id")),
     )
+
+
+def _token(tokens: dict[int, str], token_id: object | None) -> str | None:
+    return tokens.get(token_id) if isinstance(token_id, int) else None
 
 
 def _tensor_entry(name: str, type_id: int, size: int) -> TensorEntry:

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
@@ -133,10 +133,12 @@ def quantize(
 
 @dataclass(frozen=True)
 class GGUFHeader:
-    """Scalar and string metadata of a GGUF file, and each tensor's (name, ggml type id, bytes)."""
+    """Scalar and string metadata of a GGUF file, each tensor's (name, ggml type id, bytes), and the vocabulary's
+    tokens that are not plain text (control and user-defined tokens, BOS/EOS), by id."""
 
     values: dict[str, object]
     tensors: list[tuple[str, int, int]]
+    special_tokens: dict[int, str] = field(default_factory=dict)
 
 
 class _GGUFInitParams(ctypes.Structure):
@@ -150,6 +152,11 @@ _GGUF_SCALARS = {
     10: ("u64", ctypes.c_uint64), 11: ("i64", ctypes.c_int64), 12: ("f64", ctypes.c_double),
 }
 _GGUF_STRING = 8
+_GGUF_ARRAY = 9
+_GGUF_INT32 = 5
+# llama.cpp's token types: tokens of type NORMAL and BYTE are text; the others (UNKNOWN, CONTROL, USER_DEFINED,
+# UNUSED) are the vocabulary's special tokens.
+_TEXT_TOKEN_TYPES = (1, 6)
 
 
 @functools.cache
@@ -179,6 +186,12 @@ def _ggml_base() -> ctypes.CDLL:
     lib.gguf_init_from_file.restype = ctypes.c_void_p
     lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, _GGUFInitParams]
     lib.gguf_free.argtypes = [ctypes.c_void_p]
+    lib.gguf_find_key.restype, lib.gguf_find_key.argtypes = ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]
+    lib.gguf_get_arr_type.restype, lib.gguf_get_arr_type.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_arr_n.restype, lib.gguf_get_arr_n.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_arr_data.restype, lib.gguf_get_arr_data.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_arr_str.restype = ctypes.c_char_p
+    lib.gguf_get_arr_str.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t]
     for fn, restype in [
         (lib.gguf_get_n_kv, ctypes.c_int64), (lib.gguf_get_n_tensors, ctypes.c_int64),
         (lib.gguf_get_key, ctypes.c_char_p), (lib.gguf_get_kv_type, ctypes.c_int),
@@ -219,9 +232,39 @@ def read_gguf_header(path: Path) -> GGUFHeader | None:
             )
             for i in range(lib.gguf_get_n_tensors(handle))
         ]
+        special_tokens = _special_tokens(lib, handle, values)
     finally:
         lib.gguf_free(handle)
-    return GGUFHeader(values, tensors)
+    return GGUFHeader(values, tensors, special_tokens)
+
+
+def _special_tokens(lib: ctypes.CDLL, handle: int, values: dict[str, object]) -> dict[int, str]:
+    """Tokens whose type says they are not text, plus the BOS/EOS/EOT ids' (read without the 30k+ plain tokens)."""
+    tokens = lib.gguf_find_key(handle, b"tokenizer.ggml.tokens")
+    if tokens < 0 or lib.gguf_get_kv_type(handle, tokens) != _GGUF_ARRAY:
+        return {}
+    if lib.gguf_get_arr_type(handle, tokens) != _GGUF_STRING:
+        return {}
+    n_tokens = lib.gguf_get_arr_n(handle, tokens)
+    types = lib.gguf_find_key(handle, b"tokenizer.ggml.token_type")
+    if (
+        types >= 0
+        and lib.gguf_get_kv_type(handle, types) == _GGUF_ARRAY
+        and lib.gguf_get_arr_type(handle, types) == _GGUF_INT32
+        and lib.gguf_get_arr_n(handle, types) == n_tokens
+    ):
+        data = ctypes.cast(lib.gguf_get_arr_data(handle, types), ctypes.POINTER(ctypes.c_int32))
+        kinds = np.ctypeslib.as_array(data, shape=(n_tokens,))
+        ids = [int(i) for i in np.flatnonzero(~np.isin(kinds, _TEXT_TOKEN_TYPES))]
+    else:  # no types recorded: every token may be special
+        ids = list(range(n_tokens))
+    for key in ("bos", "eos", "eot"):
+        token_id = values.get(f"tokenizer.ggml.{key}_token_id")
+        if isinstance(token_id, int) and 0 <= token_id < n_tokens:
+            ids.append(token_id)
+    return {
+        i: lib.gguf_get_arr_str(handle, tokens, i).decode("utf-8", errors="replace") for i in sorted(set(ids))
+    }
 
 
 @contextlib.contextmanager

@@ -16,11 +16,12 @@ from typing import Literal
 from synatra_local.core import llama_backend
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.gguf_info import ModelInfo, read_model_info
+from synatra_local.core.model_meta import FormatDecision
 
 from . import limits
 from .detokenizer import StreamingDetokenizer
 from .offload import OffloadPlan, plan_offload
-from .prompts import PromptBuilder, select_template
+from .prompts import PromptBuilder, model_template
 from .stops import StopScanner
 from .store import resolve_model
 from .templates import ChatTemplateError, Message, PromptTemplate
@@ -138,10 +139,12 @@ class Engine:
             self.path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, n_gpu_layers=self.offload.layers, repack=repack
         )
         try:
-            self.template: PromptTemplate = select_template(self.info, self._model, template)
+            choice = model_template(self.info, self._model, template)
         except ChatTemplateError as exc:  # name the file whose template it is
             self._model.close()
             raise type(exc)(f"{self.path.name}: {exc.message}", fix=exc.fix) from exc
+        self.template: PromptTemplate = choice.template
+        self.template_decision: FormatDecision = choice.decision  # which rule chose the format, and why
         self._prompts = PromptBuilder(self._model, self.template)
         self._lock = threading.Lock()
         self._busy = busy

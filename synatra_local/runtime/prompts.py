@@ -6,38 +6,99 @@ Only the template's own markup becomes special tokens; message text stays text (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.gguf_info import ModelInfo
 from synatra_local.core.llama_backend import LlamaModel
-from synatra_local.core.model_meta import detect_prompt_format
+from synatra_local.core.model_meta import FormatDecision, decide_prompt_format
 
-from .templates import BUILTIN_FORMATS, JINJA, Message, PromptTemplate, builtin_template, jinja_template
+from .templates import (
+    BUILTIN_FORMATS,
+    JINJA,
+    ChatTemplateError,
+    Message,
+    PromptTemplate,
+    builtin_stand_in,
+    builtin_template,
+    jinja_template,
+)
 from .text_only import TextOnly
 
-# A GGUF that names no format and carries no template: Mistral's own [INST] format is the safest guess.
-FALLBACK_FORMAT = "synatra-v0.2"
+
+@dataclass(frozen=True)
+class TemplateChoice:
+    """The template a model is prompted with, and the decision (rule, reason, warnings) that chose it."""
+
+    template: PromptTemplate
+    decision: FormatDecision
+
+
+def choose_template(
+    info: ModelInfo, *, bos_token: str, eos_token: str, override: str | None = None
+) -> TemplateChoice:
+    """`override` (the user's --template: a format name, `jinja`, or a .jinja file), else the format rules.
+
+    When the rules pick the GGUF's own chat template, a built-in renderer stands in for it only if it renders
+    the same text on the probe conversations, system turn included; otherwise the template is rendered as is.
+    """
+    if override:
+        return TemplateChoice(
+            _override_template(info, override, bos_token, eos_token),
+            FormatDecision(override, "override", f"--template {override}"),
+        )
+    decision = decide_prompt_format(
+        recorded=info.prompt_format,
+        chat_template=info.chat_template,
+        names=info.names,
+        special_tokens=info.special_tokens,
+    )
+    if decision.format != JINJA:
+        return TemplateChoice(builtin_template(decision.format, bos_token=bos_token, eos_token=eos_token), decision)
+    assert info.chat_template is not None
+    own = jinja_template(info.chat_template, bos_token=bos_token, eos_token=eos_token)
+    stand_in = builtin_stand_in(own, bos_token=bos_token, eos_token=eos_token)
+    if stand_in is None:
+        return TemplateChoice(own, decision)
+    return TemplateChoice(
+        builtin_template(stand_in, bos_token=bos_token, eos_token=eos_token),
+        replace(decision, format=stand_in, reason=f"{decision.reason}, which built-in {stand_in} renders identically"),
+    )
+
+
+def describe_prompt_format(info: ModelInfo) -> FormatDecision:
+    """The decision loading `info` would take, from its header alone (for `inspect` and `list`)."""
+    try:
+        return choose_template(info, bos_token=info.bos_token or "", eos_token=info.eos_token or "").decision
+    except ChatTemplateError as exc:
+        return FormatDecision(JINJA, "chat_template", "its own tokenizer.chat_template", (exc.message,))
+
+
+def model_template(info: ModelInfo, model: LlamaModel, override: str | None = None) -> TemplateChoice:
+    """The template `model` (loaded from `info`) is prompted with, with its BOS/EOS; see `choose_template`."""
+    bos, eos = model.token_text(model.bos_id), model.token_text(_eos_id(model))
+    return choose_template(info, bos_token=bos, eos_token=eos, override=override)
 
 
 def select_template(info: ModelInfo, model: LlamaModel, override: str | None = None) -> PromptTemplate:
-    """`override` (a format name or a .jinja file), else what the converter recorded, else the GGUF's template."""
-    bos, eos = model.token_text(model.bos_id), model.token_text(_eos_id(model))
-    name = override or info.prompt_format or detect_prompt_format(info.chat_template)
-    if name is None:
-        name = JINJA if info.chat_template else FALLBACK_FORMAT
+    return model_template(info, model, override).template
+
+
+def _override_template(info: ModelInfo, name: str, bos: str, eos: str) -> PromptTemplate:
+    """The user's --template; only the user may name a file to read, never a GGUF's metadata."""
     if name in BUILTIN_FORMATS:
         return builtin_template(name, bos_token=bos, eos_token=eos)
     if name == JINJA:
         if not info.chat_template:
             raise SynatraError(
-                f"{info.path} has no chat_template", fix="choose --template synatra-v0.1, ... "
+                f"{info.path} has no chat_template", fix=f"choose --template {', '.join(BUILTIN_FORMATS)}"
             )
         return jinja_template(info.chat_template, bos_token=bos, eos_token=eos)
     path = Path(name)
     if path.suffix == ".jinja" and path.is_file():
-        return jinja_template(path.read_text(encoding="utf-8"), bos_token=bos, eos_token=eos)
+        source = path.read_text(encoding="utf-8")
+        return jinja_template(source, bos_token=bos, eos_token=eos, origin=f"the template {path}")
     raise SynatraError(
         f"unknown template {name!r}",
         fix=f"choose one of {', '.join(BUILTIN_FORMATS + (JINJA,))} or a .jinja file",

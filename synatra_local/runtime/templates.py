@@ -237,3 +237,50 @@ def jinja_template(
     return PromptTemplate(
         name=JINJA, stop_markers=_jinja_markers(source, eos_token), bos_in_text=bos_in_text, _renderer=render
     )
+
+
+# Conversations on which a built-in renderer must render a GGUF's own template identically to stand in for it:
+# with and without a system turn, one and two turns, Korean, a newline, and whitespace a template might trim.
+PROBE_CONVERSATIONS: tuple[tuple[Message, ...], ...] = (
+    ({"role": "user", "content": "안녕하세요?"},),
+    ({"role": "system", "content": "간결하게 답하세요."}, {"role": "user", "content": "서울은 어디에 있나요?"}),
+    (
+        {"role": "user", "content": " 첫 질문\n두 줄 "},
+        {"role": "assistant", "content": "첫 답입니다."},
+        {"role": "user", "content": "둘째 질문"},
+    ),
+    (
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": " a1 "},
+        {"role": "user", "content": "q2"},
+    ),
+)
+
+
+def builtin_stand_in(template: PromptTemplate, *, bos_token: str, eos_token: str) -> str | None:
+    """The built-in format that renders exactly what `template` (a GGUF's own) renders on every probe, if one does.
+
+    Only such a format may replace the model's own template: the built-ins are append-only, which lets the
+    runtime reuse the previous turn's KV cache, and their turn markers are known. It must also agree on whether
+    the text carries BOS (a model whose BOS is `<|im_start|>` would otherwise get it twice).
+    """
+    expected = [_render_or_none(template, list(messages)) for messages in PROBE_CONVERSATIONS]
+    if None in expected:
+        return None
+    for name in BUILTIN_FORMATS:
+        builtin = builtin_template(name, bos_token=bos_token, eos_token=eos_token)
+        if builtin.bos_in_text == template.bos_in_text and all(
+            builtin.render(list(m)) == text for m, text in zip(PROBE_CONVERSATIONS, expected, strict=True)
+        ):
+            return name
+    return None
+
+
+def _render_or_none(template: PromptTemplate, messages: list[Message]) -> str | None:
+    try:
+        return template.render(messages)
+    except ChatTemplateLimitError:
+        raise  # a template that cannot render a probe conversation within bounds is refused at load
+    except ChatTemplateError:
+        return None
