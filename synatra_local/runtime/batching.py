@@ -119,6 +119,14 @@ class BatchScheduler:
         """Block until no job is queued or running and every finished turn's end is evaluated."""
         return self._idle.wait(timeout)
 
+    def forget_all(self) -> None:
+        """Empty every sequence's cache (waits until nothing runs; for benchmarks that share the context)."""
+        self.wait_idle()
+        with self._wake:
+            for slot in self._slots:
+                self._model.forget(slot.seq)
+                slot.cached = []
+
     def cached_tokens(self, seq: int = 0) -> list[int]:
         return list(self._slots[seq].cached)
 

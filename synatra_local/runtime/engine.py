@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,6 +143,7 @@ class Job:
         self._markers = frozenset(engine.template.stop_markers)
         self._cancel = threading.Event()
         self._held: list[TokenLogprob] = []
+        self._logprob_bytes = 0
         self._end_token: int | None = None
         self._started = 0.0
         self._first = True
@@ -171,11 +172,15 @@ class Job:
         if self._is_end(token):
             self._end_token = token
             return "end_of_turn"
-        if not self._token_bytes(token) and self._token_text(token) in self._markers:
+        piece = self._token_bytes(token)
+        if not piece and self._token_text(token) in self._markers:
             return "stop"
         self.reply.append(token)
         stats.generated_tokens += 1
         if logprob is not None:
+            if piece.startswith(b" ") and not self._detokenizer.text and not self._logprob_bytes:
+                logprob = replace(logprob, bytes=logprob.bytes[1:])  # the text drops it too (sentencepiece's prefix)
+            self._logprob_bytes += len(logprob.bytes)
             self._held.append(logprob)
         shown, hit = self._scanner.feed(self._detokenizer.add(token))
         if shown:
@@ -394,6 +399,10 @@ class Engine:
     def cached_tokens(self, sequence: int = 0) -> list[int]:
         """The tokens sequence `sequence`'s KV cache holds (for tests and diagnostics)."""
         return self._scheduler.cached_tokens(sequence)
+
+    def forget_cache(self) -> None:
+        """Empty every sequence's KV cache once nothing runs (the next prompts are evaluated in full)."""
+        self._scheduler.forget_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running (finished turns' ends included)."""
