@@ -138,7 +138,10 @@ class Job:
         self._is_end = model.is_end_of_generation
         self._token_bytes = model.token_bytes
         self._token_text = model.token_text
-        self._detokenizer = StreamingDetokenizer(model.token_bytes)
+        # a chat reply starts a text of its own (sentencepiece drops its leading space); a raw completion continues
+        # the prompt's text, where a leading space is part of it
+        self._strips_space = turn is not None
+        self._detokenizer = StreamingDetokenizer(model.token_bytes, strip_leading_space=self._strips_space)
         self._scanner = StopScanner(tuple(options.stop) + engine.template.stop_markers)
         self._markers = frozenset(engine.template.stop_markers)
         self._cancel = threading.Event()
@@ -178,8 +181,10 @@ class Job:
         self.reply.append(token)
         stats.generated_tokens += 1
         if logprob is not None:
-            if piece.startswith(b" ") and not self._detokenizer.text and not self._logprob_bytes:
-                logprob = replace(logprob, bytes=logprob.bytes[1:])  # the text drops it too (sentencepiece's prefix)
+            if self._strips_space and piece.startswith(b" ") and not self._logprob_bytes:
+                # the reply's text drops sentencepiece's dummy-prefix space: so do the token's bytes
+                top = tuple((i, data[1:] if i == token else data, value) for i, data, value in logprob.top)
+                logprob = replace(logprob, bytes=logprob.bytes[1:], top=top)
             self._logprob_bytes += len(logprob.bytes)
             self._held.append(logprob)
         shown, hit = self._scanner.feed(self._detokenizer.add(token))
