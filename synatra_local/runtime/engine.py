@@ -24,6 +24,7 @@ from .offload import OffloadPlan, plan_offload
 from .prompts import PromptBuilder, model_template
 from .stops import StopScanner
 from .store import resolve_model
+from .structured import json_grammar
 from .templates import ChatTemplateError, Message, PromptTemplate
 from .text_only import check_text
 
@@ -48,11 +49,15 @@ class GenerationOptions:
     repeat_penalty: float = 1.1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    json: bool = False
+    json_schema: dict | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
             limits.check(name, getattr(self, name))
         limits.check_optional("seed", self.seed)
+        if self.json or self.json_schema is not None:
+            json_grammar(self.json_schema)  # a schema that cannot be enforced fails here, not mid-request
 
 
 @dataclass
