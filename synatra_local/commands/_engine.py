@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -99,6 +100,8 @@ def generation_options(
     repeat_penalty: float,
     seed: int | None,
     stop: list[str] | None,
+    json: bool = False,
+    json_schema: dict | None = None,
 ) -> GenerationOptions:
     from synatra_local.runtime.engine import GenerationOptions
 
@@ -111,7 +114,36 @@ def generation_options(
         repeat_penalty=repeat_penalty,
         seed=seed,
         stop=tuple(stop or ()),
+        json=json or json_schema is not None,
+        json_schema=json_schema,
     )
+
+
+def read_json_schema(path: Path | None) -> dict | None:
+    """The schema of `--json-schema FILE`, checked before any model loads; every failure names the file."""
+    import json
+
+    from synatra_local.core.errors import SynatraError
+    from synatra_local.runtime.structured import StructuredOutputError, json_grammar
+
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SynatraError(f"cannot read the JSON schema file {path}: {reason}",
+                           fix="give --json-schema a readable UTF-8 .json file") from exc
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise SynatraError(f"the JSON schema file {path} is not valid JSON: {exc}",
+                           fix="fix the JSON in that file") from exc
+    try:
+        json_grammar(schema)
+    except StructuredOutputError as exc:
+        raise SynatraError(f"the JSON schema file {path}: {exc.message}", fix=exc.fix) from exc
+    return schema
 
 
 def format_stats(stats: GenerationStats) -> str:

@@ -95,3 +95,8 @@ RepeatPenalty = Annotated[
 ]
 Seed = Annotated[int | None, ranged("--seed", name="seed", help="Random seed; the same seed gives the same text.")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")]
+Json = Annotated[bool, typer.Option("--json", help="Reply with one JSON object (llama.cpp's grammar sampler).")]
+JsonSchema = Annotated[
+    Path | None,
+    typer.Option("--json-schema", help="Reply with JSON valid against the JSON Schema in this file (implies --json)."),
+]

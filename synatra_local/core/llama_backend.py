@@ -585,3 +585,14 @@ class LlamaModel:
             self._batch = None
         self._ctx.close()
         self._model.close()
+
+
+# --- JSON schema → GBNF (structured output) ---------------------------------------------------------------------
+# runtime/structured.py checks and rewrites the schema into what this converter enforces; this only calls it.
+
+
+def json_schema_to_gbnf(schema_json: str) -> str:
+    """GBNF for JSON valid against `schema_json`, from the converter llama-cpp-python ships (llama_grammar)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+
+    return convert(schema_json)

@@ -27,6 +27,7 @@ from .offload import OffloadPlan, plan_offload
 from .prompts import PromptBuilder, model_template
 from .stops import StopScanner
 from .store import resolve_model
+from .structured import json_grammar
 from .templates import ChatTemplateError, Message, PromptTemplate
 from .text_only import check_text
 
@@ -76,8 +77,6 @@ class GenerationOptions:
         if self.grammar is not None:
             return self.grammar
         if self.json or self.json_schema is not None:
-            from .structured import json_grammar
-
             return json_grammar(self.json_schema)
         return None
 
