@@ -25,6 +25,8 @@ def load_engine(
     batch: int = 512,
     no_repack: bool = False,
     conversation: bool = True,
+    parallel: int = 1,
+    kv_type: str = "f16",
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
@@ -39,6 +41,8 @@ def load_engine(
             template=template,
             prefill_turn_end=conversation,
             repack=not no_repack,
+            parallel=parallel,
+            kv_type=kv_type,  # type: ignore[arg-type]  # llama_backend checks the name
             verbose=verbose,
         )
     for warning in engine.template_decision.warnings:
@@ -47,7 +51,17 @@ def load_engine(
         stderr.print(f"[dim]{escape(engine.offload.reason)}; template {escape(engine.template.name)}[/]")
     if verbose:
         stderr.print(f"prompt format {engine.template_decision.describe()}", style="dim", markup=False)
+    if verbose or parallel > 1:
+        stderr.print(kv_summary(engine), style="dim", markup=False)
     return engine
+
+
+def kv_summary(engine: Engine) -> str:
+    """What the KV cache holds and costs: sequences × context, its type, and its size."""
+    return (
+        f"KV cache: {engine.parallel} sequence{'s' if engine.parallel > 1 else ''} × {engine.n_ctx} tokens, "
+        f"{engine.kv_type}, {engine.kv_bytes / 2**20:.0f} MiB"
+    )
 
 
 def model_path(model: str) -> str:

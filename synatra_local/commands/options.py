@@ -65,6 +65,17 @@ NoRepack = Annotated[
         "somewhat slower decoding.",
     ),
 ]
+KvType = Annotated[
+    str,
+    typer.Option(
+        "--kv-type", help="KV cache type: f16, q8_0 (half the memory) or q4_0 (a quarter); llama.cpp's type_k/type_v."
+    ),
+]
+Parallel = Annotated[
+    int,
+    ranged("--parallel", "-np", name="parallel",
+           help="Replies decoded together (continuous batching); each gets its own --ctx of KV cache."),
+]
 Template = Annotated[
     str | None,
     typer.Option("--template", help="Prompt format: synatra-v0.1, synatra-v0.2, chatml, jinja, or a .jinja file."),
