@@ -76,3 +76,22 @@ def test_generation_options_refuse_a_bad_schema_when_made() -> None:
     with pytest.raises(ValueError, match="invalid JSON schema"):
         GenerationOptions(json=True, json_schema={"type": 3})
     assert GenerationOptions(json=True).json_schema is None
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_run_replies_with_json_valid_against_the_schema(tmp_path: Path, smollm2_gguf: Path, seed: int) -> None:
+    """End to end through the engine: `run --json-schema` on real weights prints JSON the schema accepts."""
+    import subprocess
+    import sys
+
+    from structured_cases import SCHEMA, validate
+
+    path = _write(tmp_path, "schema.json", json.dumps(SCHEMA, ensure_ascii=False))
+    cli = str(Path(sys.executable).with_name("synatra-local"))
+    done = subprocess.run(
+        [cli, "run", str(smollm2_gguf), "서울 사람 한 명을 JSON으로 소개해 줘", "--json-schema", str(path),
+         "--seed", str(seed), "--max-tokens", "400", "--threads", "1"],
+        capture_output=True, text=True, encoding="utf-8", timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    validate(done.stdout, SCHEMA)
