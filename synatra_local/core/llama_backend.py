@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sys
 import threading
@@ -321,24 +322,40 @@ class BatchEntry:
     logits: bool
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
 class Sampler:
-    """One sequence's sampler chain, as the binding builds it: repeat penalty, grammar, then greedy or
-    top-k → typical → top-p → min-p → temperature → a seeded draw. Sampling accepts the token into the chain
-    (the penalty's history, the grammar's state)."""
+    """One sequence's sampler chain, as the binding builds it: repeat penalty, then greedy or top-k → typical →
+    top-p → min-p → temperature → a seeded draw; sampling accepts the token (the penalty's history).
+
+    A grammar is checked as llama-server checks it: the chain draws from the whole vocabulary first, and only if
+    the grammar refuses that token is the draw made again with the grammar applied to every candidate, so most
+    tokens pay for one grammar check instead of one per vocabulary entry.
+    """
 
     def __init__(self, model: LlamaModel, params: SamplingParams, seed: int | None, grammar: str | None) -> None:
         self._ctx = model._ctx.ctx
+        self._n_vocab = model.n_vocab
+        self._grammar = None
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = functools.partial(llama_cpp.llama_sampler_chain_add, self._chain)
         add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
         if grammar is not None:
+            # llama.cpp's grammar reads a control token as its written-out text, so `<|im_start|>` could pass as
+            # characters of a JSON string; only the tokens that end the reply may appear beside the grammar's text
+            banned = [t.id for t in model.special_tokens if t.control and not model.is_end_of_generation(t.id)]
+            biases = (llama_cpp.llama_logit_bias * len(banned))(*[(t, -math.inf) for t in banned])
+            add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(banned), biases))
             _recent_errors.clear()
-            constraint = llama_cpp.llama_sampler_init_grammar(model._vocab, grammar.encode("utf-8"), b"root")
-            if not constraint:
+            self._grammar = llama_cpp.llama_sampler_init_grammar(model._vocab, grammar.encode("utf-8"), b"root")
+            if not self._grammar:
                 self.close()
                 detail = "; ".join(_recent_errors) or "the grammar does not parse"
                 raise GrammarError(f"llama.cpp refused the grammar: {detail}", fix="check the grammar or JSON schema")
-            add(constraint)
+            self._candidates = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
+            self._candidates["id"] = np.arange(model.n_vocab, dtype=np.int32)
+            self._one = np.zeros(1, dtype=_TOKEN_DATA)
         if params.temperature == 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
@@ -351,12 +368,42 @@ class Sampler:
 
     def sample(self, index: int) -> int:
         """The next token from the logits of the last batch's entry `index`."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, index))
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, index))
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        token = self._draw(row, grammar_first=False)
+        if not self._allowed(token):
+            token = self._draw(row, grammar_first=True)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _draw(self, logits: np.ndarray, *, grammar_first: bool) -> int:
+        candidates = self._candidates
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)  # the chain sorts and trims in place
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), self._n_vocab, -1, False
+        )
+        if grammar_first:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+        return int(candidates["id"][array.selected])
+
+    def _allowed(self, token: int) -> bool:
+        one = self._one
+        one[0] = (token, 0.0, 0.0)
+        array = llama_cpp.llama_token_data_array(one.ctypes.data_as(llama_cpp.llama_token_data_p), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return bool(np.isfinite(one["logit"][0]))
 
     def close(self) -> None:
-        if self._chain is not None:
-            llama_cpp.llama_sampler_free(self._chain)
-            self._chain = None
+        for name in ("_chain", "_grammar"):
+            sampler = getattr(self, name, None)
+            if sampler is not None:
+                llama_cpp.llama_sampler_free(sampler)
+                setattr(self, name, None)
 
     def __del__(self) -> None:
         self.close()

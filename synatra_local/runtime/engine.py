@@ -27,6 +27,7 @@ from .offload import OffloadPlan, plan_offload
 from .prompts import PromptBuilder, model_template
 from .stops import StopScanner
 from .store import resolve_model
+from .structured import json_grammar
 from .templates import ChatTemplateError, Message, PromptTemplate
 from .text_only import check_text
 
