@@ -306,7 +306,7 @@ def test_page_loads_clean(driver: Any, served: BackgroundServer) -> None:
 
 
 def test_korean_ime_enter_streaming_and_exact_text(driver: Any, served: BackgroundServer) -> None:
-    open_page(driver, served.url, settings={"system": "", "temperature": 0, "maxTokens": 300})
+    open_page(driver, served.url, settings={"system": "", "temperature": 0, "maxTokens": 120})
     js(driver, """
         window.__keys = [];
         document.getElementById('input').addEventListener('keydown',
@@ -338,7 +338,8 @@ def test_korean_ime_enter_streaming_and_exact_text(driver: Any, served: Backgrou
     idle(driver)
     assert texts(driver, ".msg.user .body") == ["한국어\n질문"], "sent once, whole, last syllable included"
     lengths = js(driver, "return window.__lengths")
-    assert len(set(lengths)) >= 3 and lengths == sorted(lengths), f"the reply should grow frame by frame: {lengths}"
+    # (Markdown may shrink the text for a frame, as `**` becomes bold: growth overall, over several frames)
+    assert len(set(lengths)) >= 3 and lengths[-1] > lengths[0], f"the reply should grow frame by frame: {lengths}"
     stats = texts(driver, ".msg.assistant .stats")[0]
     assert re.search(r"첫 토큰 \d+\.\d\d초 · \d+\.\d 토큰/초 · \d+ 토큰", stats), stats
     # what the page assembled from the stream is exactly the model's reply
@@ -346,7 +347,7 @@ def test_korean_ime_enter_streaming_and_exact_text(driver: Any, served: Backgrou
     user, reply = conversation["messages"]
     assert user == {"role": "user", "content": "한국어\n질문"}
     direct = httpx.post(f"{served.url}/v1/chat/completions", timeout=60, json={
-        "messages": [user], "temperature": 0, "max_tokens": 300}).json()["choices"][0]["message"]["content"]
+        "messages": [user], "temperature": 0, "max_tokens": 120}).json()["choices"][0]["message"]["content"]
     assert reply["content"] == direct and reply["content"]
     assert console_errors(driver) == []
 
@@ -386,7 +387,7 @@ def test_stop_regenerate_edit_reload(driver: Any, served: BackgroundServer) -> N
     editor = driver.find_element("css selector", ".msg.user textarea.edit")
     editor.clear()
     editor.click()
-    compose(driver, ["ㄷ", "다", "다"])
+    compose(driver, ["ㄷ", "다"])
     driver.execute_cdp_cmd("Input.insertText", {"text": "시 묻습니다"})
     press_enter(driver)
     idle(driver)
@@ -492,28 +493,36 @@ def test_theme_follows_the_toggle(driver: Any, served: BackgroundServer) -> None
 
 
 def test_screenshot_mid_reply_with_real_weights(driver: Any, smollm2_gguf: Path, tmp_path: Path) -> None:
-    """SmolLM2-135M-Instruct answers a Korean question; the page is photographed while the reply streams.
+    """Real weights, SmolLM2-135M-Instruct (greedy): a Korean conversation, photographed while a reply streams.
 
-    SYNATRA_LOCAL_WEB_SCREENSHOT=docs/web-chat.png keeps the picture (the README's).
+    It answers the first question whole; the picture is taken once the second reply is well under way. The
+    model knows little Korean and answers in English. SYNATRA_LOCAL_WEB_SCREENSHOT=docs/web-chat.png keeps the
+    picture (the README's).
     """
     engine = Engine(smollm2_gguf, n_ctx=2048)
+    streaming = "return document.querySelector('.msg.streaming .body')?.textContent || ''"
     try:
         with BackgroundServer(create_app(engine, model_id=smollm2_gguf.stem)) as server:
             driver.get(f"{server.url}/")
             driver.execute_script("localStorage.clear()")
             driver.execute_script("localStorage.setItem('synatra.settings', arguments[0])", json.dumps(
-                {"system": "", "temperature": 0.3, "maxTokens": 400}))
+                {"system": "", "temperature": 0, "maxTokens": 200}))
             driver.refresh()
             wait_for(lambda: driver.find_element("id", "model").text == smollm2_gguf.stem, what="the model")
             driver.find_element("id", "input").click()
-            driver.execute_cdp_cmd("Input.insertText", {"text": "서울에서 가 볼 만한 곳을 세 군데 추천해 주세요."})
+            driver.execute_cdp_cmd("Input.insertText", {"text": "한국의 수도는 어디인가요? What is the capital?"})
             press_enter(driver)
-            wait_for(lambda: len(js(driver, "return document.querySelector('.msg.streaming .body')?.textContent "
-                                            "|| ''")) > 160, 60, "half a reply")
+            idle(driver, timeout=120)
+            assert "Seoul" in texts(driver, ".msg.assistant .body")[0]
+            second = "서울에 대해 더 알려 주세요. Tell me more about Seoul."
+            driver.execute_cdp_cmd("Input.insertText", {"text": second})
+            press_enter(driver)
+            wait_for(lambda: len(js(driver, streaming)) > 120, 180, "a good part of the second reply")
             picture = tmp_path / "web-chat.png"
             driver.save_screenshot(str(picture))
             driver.find_element("id", "stop").click()
             idle(driver)
+            assert console_errors(driver) == []
     finally:
         engine.close()
     data = picture.read_bytes()

@@ -116,6 +116,7 @@ function renderMessages() {
     const article = ui.messages.lastElementChild;
     article.classList.add("streaming");
     live.body = article.querySelector(".body");
+    caretHost(live.body).append(el("span", "caret"));
   }
   ui.messages.scrollTop = ui.messages.scrollHeight;
 }
@@ -146,6 +147,13 @@ function select(id) {
   document.body.classList.remove("sidebar-open");
 }
 
+/** Where the blinking caret of a streaming reply goes: the end of its last line of text. */
+function caretHost(body) {
+  let node = body.lastElementChild;
+  while (node && /^(UL|OL|BLOCKQUOTE)$/.test(node.tagName) && node.lastElementChild) node = node.lastElementChild;
+  return node && /^(P|LI|H[1-6])$/.test(node.tagName) ? node : body;
+}
+
 /**
  * Repaints a streaming reply at most once a frame, and less often when the Markdown takes long to render (a long
  * reply): after a paint that took t ms the next waits at least 3t, so rendering never takes more than a quarter
@@ -155,12 +163,13 @@ function livePainter() {
   let frame = 0;
   let text = "";
   let nextAt = 0;
-  const draw = (value) => {
+  const draw = (value, caret) => {
     const body = state.streaming && state.streaming.body;
     if (!body || !body.isConnected) return;
     const box = ui.messages;
     const pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
     body.replaceChildren(renderReply(value));
+    if (caret) caretHost(body).append(el("span", "caret"));
     if (pinned) box.scrollTop = box.scrollHeight;
   };
   const paint = (now) => {
@@ -170,7 +179,7 @@ function livePainter() {
       return;
     }
     const started = performance.now();
-    draw(text);
+    draw(text, true);
     nextAt = now + 3 * (performance.now() - started);
   };
   return {
@@ -181,7 +190,7 @@ function livePainter() {
     finish(value) {
       cancelAnimationFrame(frame);
       frame = 0;
-      draw(value);
+      draw(value, false);
     },
   };
 }
@@ -190,19 +199,26 @@ function livePainter() {
 
 let keyPrompt = null;
 
-/** Ask for the API key (once, however many requests were refused); resolves when one is saved. */
+/** Ask for the API key (once, however many requests were refused): true when one was saved, false if the
+ * dialog was dismissed (Esc). */
 function askKey() {
   if (!keyPrompt) {
     keyPrompt = new Promise((resolve) => {
-      ui.keyInput.value = apiKey.get();
-      ui.keyDialog.showModal();
-      ui.keyForm.addEventListener("submit", (event) => {
+      let saved = false;
+      const submit = (event) => {
         event.preventDefault();
         apiKey.set(ui.keyInput.value.trim());
+        saved = true;
         ui.keyDialog.close();
+      };
+      ui.keyForm.addEventListener("submit", submit);
+      ui.keyDialog.addEventListener("close", () => {
+        ui.keyForm.removeEventListener("submit", submit);
         keyPrompt = null;
-        resolve();
+        resolve(saved);
       }, { once: true });
+      ui.keyInput.value = apiKey.get();
+      ui.keyDialog.showModal();
     });
   }
   return keyPrompt;
@@ -215,12 +231,13 @@ async function connect() {
       state.model = models[0] || null;
       ui.model.textContent = state.model || "모델 없음";
       setStatus("");
+      renderMessages(); // the replies' labels name the model
       return;
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) {
         setStatus("API 키가 필요합니다.", true);
-        await askKey();
-        continue;
+        if (await askKey()) continue;
+        return;
       }
       setStatus(`서버에 연결할 수 없습니다: ${error.message}`, true);
       return;
@@ -305,8 +322,7 @@ async function generate(conversation) {
   }
   if (retry) {
     setStatus("API 키가 필요합니다.", true);
-    await askKey();
-    await generate(conversation);
+    if (await askKey()) await generate(conversation);
   }
 }
 
@@ -471,8 +487,7 @@ function readSettings() {
 
 for (const field of [ui.system, ui.temperature, ui.maxTokens]) field.addEventListener("input", readSettings);
 ui.changeKey.addEventListener("click", async () => {
-  await askKey();
-  await connect();
+  if (await askKey()) await connect();
 });
 
 ui.theme.addEventListener("click", () => {
