@@ -154,23 +154,66 @@ function caretHost(body) {
   return node && /^(P|LI|H[1-6])$/.test(node.tagName) ? node : body;
 }
 
+const BOUNDARY = /^ {0,3}(?:```|~~~)|\n\n/gm;
+
+/** Where the finished blocks of a streaming reply end: after its last blank line outside a code fence (0: none),
+ * counting only blank lines before `limit`. */
+function stableEnd(text, limit = text.length) {
+  let end = 0;
+  let fenced = false;
+  for (const match of text.matchAll(BOUNDARY)) {
+    if (match.index >= limit) break;
+    if (match[0] !== "\n\n") fenced = !fenced;
+    else if (!fenced) end = match.index + 2;
+  }
+  return end;
+}
+
+const STEP = 8000; // at most this much finished text is rendered in one frame (a burst is spread over several)
+
 /**
- * Repaints a streaming reply at most once a frame, and less often when the Markdown takes long to render (a long
- * reply): after a paint that took t ms the next waits at least 3t, so rendering never takes more than a quarter
- * of the time and typing, scrolling and the stop button stay responsive.
+ * Paints a streaming reply incrementally: blocks that are finished (up to the last blank line outside a code
+ * fence) are rendered once and kept; only the block still growing is rendered again, at most once a frame, and
+ * less often when that takes long (after a paint of t ms the next waits 3t), so a long reply costs no more per
+ * frame than a short one and typing, scrolling and the stop button stay responsive. When the reply ends it is
+ * rendered once whole, so the final page is exactly the Markdown of the whole text.
  */
 function livePainter() {
   let frame = 0;
   let text = "";
   let nextAt = 0;
-  const draw = (value, caret) => {
+  let view = null; // {body, done, growing, upto}: the reply's element, its finished and its growing part
+  /** Paint `value`; false while finished blocks are still waiting to be rendered. */
+  const draw = (value, streaming) => {
     const body = state.streaming && state.streaming.body;
-    if (!body || !body.isConnected) return;
+    if (!body || !body.isConnected) return true;
     const box = ui.messages;
     const pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
-    body.replaceChildren(renderReply(value));
-    if (caret) caretHost(body).append(el("span", "caret"));
+    if (!streaming) {
+      body.replaceChildren(renderReply(value));
+      view = null;
+    } else {
+      if (!view || view.body !== body) { // the first paint, or the conversation was shown again
+        view = { body, done: el("div", "done"), growing: el("div", "growing"), upto: 0 };
+        body.replaceChildren(view.done, view.growing);
+      }
+      const end = stableEnd(value);
+      const upto = end - view.upto > STEP ? stableEnd(value, view.upto + STEP) || end : end;
+      if (upto > view.upto) {
+        const chunk = el("div", "chunk");
+        chunk.append(renderReply(value.slice(view.upto, upto)));
+        view.done.append(chunk);
+        view.upto = upto;
+      }
+      if (upto < end) {
+        if (pinned) box.scrollTop = box.scrollHeight;
+        return false; // the growing block waits until the finished ones are all painted
+      }
+      view.growing.replaceChildren(renderReply(value.slice(view.upto)));
+      caretHost(view.growing.lastElementChild ? view.growing : view.done).append(el("span", "caret"));
+    }
     if (pinned) box.scrollTop = box.scrollHeight;
+    return true;
   };
   const paint = (now) => {
     frame = 0;
@@ -179,8 +222,9 @@ function livePainter() {
       return;
     }
     const started = performance.now();
-    draw(text, true);
+    const caughtUp = draw(text, true);
     nextAt = now + 3 * (performance.now() - started);
+    if (!caughtUp) frame = requestAnimationFrame(paint);
   };
   return {
     update(value) {
@@ -288,9 +332,11 @@ async function generate(conversation) {
         if (first === null) first = now;
         message.content += piece;
         painter.update(message.content);
-        if (now - savedAt > 1000) {
+        // saved every second while that is cheap (a very long reply takes a long time to store: it is then saved
+        // when the page is left, and at the end)
+        if (now - savedAt > 1000 && message.content.length < 20000) {
           savedAt = now;
-          persist(); // a reload mid-reply keeps what has arrived
+          persist();
         }
       },
     });
@@ -502,6 +548,7 @@ ui.theme.addEventListener("click", () => {
 });
 
 ui.toggleSidebar.addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
+window.addEventListener("pagehide", () => state.streaming && persist()); // a reload mid-reply keeps what arrived
 
 showSettings();
 fitInput();
