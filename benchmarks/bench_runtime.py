@@ -134,19 +134,17 @@ def same_context(
     from synatra_local.runtime.engine import Engine, GenerationOptions
 
     engine = Engine(path, n_ctx=4096, threads=threads, gpu_layers=gpu_layers)
-    llama = engine._model._llama
-    ctx = llama._ctx.ctx
+    model = engine._model
+    ctx = model._ctx.ctx
     memory = llama_cpp.llama_get_memory(ctx)
 
     def bare() -> float:
-        llama.reset()
-        llama_cpp.llama_memory_clear(memory, True)
-        ids = llama.tokenize(text.encode(), add_bos=True)
+        engine.forget_cache()
+        ids = model.tokenize(text, add_bos=True, special=True)
         prompt = (llama_cpp.llama_token * len(ids))(*ids)  # kept alive: the batch only points at it
         llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(prompt, len(ids)))
         tokens_per_second = greedy_decode(ctx, n_decode)
         llama_cpp.llama_memory_clear(memory, True)
-        llama.reset()
         return tokens_per_second
 
     def engine_decode() -> float:

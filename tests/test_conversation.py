@@ -46,7 +46,8 @@ def test_second_turn_evaluates_only_what_is_new(engine: Engine) -> None:
     assert first is not None
     request = conversation._with_system([*conversation.messages, {"role": "user", "content": "둘째 질문"}])
     tokens2 = engine.prompt_tokens(request)
-    reused = len(os.path.commonprefix([engine._model.cached_tokens, tokens2]))
+    engine.wait_idle()
+    reused = len(os.path.commonprefix([engine.cached_tokens(), tokens2]))
     assert reused >= first.prompt_tokens + first.generated_tokens - 1
     "".join(conversation.send("둘째 질문"))
     second = conversation.last_stats
@@ -147,6 +148,21 @@ def test_keyboard_interrupt_mid_reply_leaves_engine_usable(engine: Engine, monke
     assert reply.stats.stop_reason == "max_tokens" and reply.stats.generated_tokens == 5
     "".join(conversation.send("계속"))
     assert len(conversation.messages) == 4
+
+
+def test_ctrl_c_in_the_reading_thread_keeps_the_reply_so_far(engine: Engine) -> None:
+    """Ctrl-C as the chat sees it: KeyboardInterrupt in the thread that reads the reply, mid-reply."""
+    conversation = Conversation(engine, options=GenerationOptions(max_tokens=200, seed=6))
+    shown: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        for piece in conversation.send("멈춰 보세요"):
+            shown.append(piece)
+            if len(shown) == 5:
+                raise KeyboardInterrupt
+    assert conversation.messages[-1] == {"role": "assistant", "content": "".join(shown)}
+    assert conversation.last_stats is not None and conversation.last_stats.stop_reason == "cancelled"
+    reply = engine.chat([{"role": "user", "content": "다시"}], GenerationOptions(max_tokens=5, seed=1))
+    assert reply.stats.stop_reason == "max_tokens" and reply.stats.generated_tokens == 5
 
 
 def test_long_conversation_drops_oldest_turns_keeps_system(engine: Engine) -> None:

@@ -8,8 +8,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import llama_cpp
-import numpy as np
 import pytest
 
 from synatra_local.core.errors import ModelFileError, SynatraError
@@ -47,31 +45,27 @@ def chatml(tiny_gguf_v03: Path) -> Iterator[Engine]:
     eng.close()
 
 
-def _fake_stream(engine: Engine, monkeypatch: pytest.MonkeyPatch, ids: list[int]) -> None:
-    """Make the model 'generate' exactly `ids` (then nothing more), without touching llama.cpp."""
+class _ForcedSampler:
+    """Hands out `ids`, then the end-of-generation token, whatever the logits say."""
 
-    def generate(tokens: list[int], sampling: object) -> Iterator[int]:
-        yield from ids
+    def __init__(self, ids: list[int], end: int) -> None:
+        self._ids = iter(ids)
+        self._end = end
 
-    monkeypatch.setattr(engine._model, "generate", generate)
+    def sample(self, index: int) -> int:
+        return next(self._ids, self._end)
+
+    def close(self) -> None:
+        pass
 
 
 def _force_reply(engine: Engine, monkeypatch: pytest.MonkeyPatch, forced: list[int]) -> None:
-    """Real llama.cpp decoding (prompt and reply go through the KV cache), with logits forcing `forced`."""
-    llama = engine._model._llama
+    """Real llama.cpp decoding (prompt and reply go through the KV cache), with the sampler forced to `forced`."""
+    end = engine._model.eos_id
+    monkeypatch.setattr(engine._model, "sampler", lambda params, *, seed, grammar=None: _ForcedSampler(forced, end))
 
-    def generate(tokens: list[int], sampling: object) -> Iterator[int]:
-        step = {"i": 0}
 
-        def force(input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-            out = np.full_like(logits, -1e9)
-            out[forced[min(step["i"], len(forced) - 1)]] = 1e9
-            step["i"] += 1
-            return out
-
-        return llama.generate(tokens, temp=0.0, logits_processor=llama_cpp.LogitsProcessorList([force]))
-
-    monkeypatch.setattr(engine._model, "generate", generate)
+_fake_stream = _force_reply
 
 
 # --- streaming text -------------------------------------------------------------------------------------
@@ -256,7 +250,8 @@ def test_next_turn_after_max_tokens_reuses_the_cache(engine: Engine) -> None:
     assert generation.stats.stop_reason == "max_tokens"
     turn2 = [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": "계속. Go on."}]
     tokens2 = engine.prompt_tokens(turn2)
-    cached = engine._model.cached_tokens
+    engine.wait_idle()
+    cached = engine.cached_tokens()
     reused = len(os.path.commonprefix([cached, tokens2]))
     assert reused >= len(tokens1) + 20 - 1, "the previous prompt and reply must stay in the KV cache"
     generation = engine.stream(turn2, GenerationOptions(max_tokens=3, seed=1))
@@ -352,7 +347,7 @@ def test_eos_in_stream_ends_the_turn_unseen(small: Engine, monkeypatch: pytest.M
     assert shown == "안녕하세요 hello"
     assert generation.stats.stop_reason == "end_of_turn"
     assert generation.stats.generated_tokens == len(before)
-    small._prompts._remembered = None
+    small._prompts._remembered.clear()
 
 
 def test_chatml_markers(chatml: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -374,7 +369,7 @@ def test_chatml_markers(chatml: Engine, monkeypatch: pytest.MonkeyPatch) -> None
         generation = chatml.stream(HELLO, GenerationOptions(max_tokens=100))
         assert "".join(generation) == "네"
         assert generation.stats.stop_reason == "end_of_turn"
-    chatml._prompts._remembered = None
+    chatml._prompts._remembered.clear()
 
 
 def test_complete_raw_prompt(small: Engine) -> None:
@@ -420,6 +415,7 @@ def test_turn_end_is_evaluated_after_the_reply_only_when_asked(tiny_gguf_v01: Pa
         "".join(generation)
         assert generation.stats.stop_reason == "max_tokens"
         # The sampler hands out the 5th token before it is evaluated; prefilling evaluates it at once.
-        assert len(eng._model.cached_tokens) == generation.stats.prompt_tokens + (5 if prefill else 4)
+        eng.wait_idle()
+        assert len(eng.cached_tokens()) == generation.stats.prompt_tokens + (5 if prefill else 4)
     finally:
         eng.close()

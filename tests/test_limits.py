@@ -84,7 +84,7 @@ def test_context_is_what_llama_cpp_allocates(tiny_gguf_v01: Path) -> None:
     """--ctx 300 is rounded up to 512 by llama.cpp; a 308-token prompt then fits, everywhere the size is used."""
     engine = Engine(tiny_gguf_v01, n_ctx=300)
     try:
-        assert engine.n_ctx == 512 and len(engine._model._llama.input_ids) == 512
+        assert engine.n_ctx == 512
         content = "가나다라 " * 200
         messages = [{"role": "user", "content": content}]
         while engine.count_tokens(messages) > 308:

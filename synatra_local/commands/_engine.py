@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -24,6 +25,8 @@ def load_engine(
     batch: int = 512,
     no_repack: bool = False,
     conversation: bool = True,
+    parallel: int = 1,
+    kv_type: str = "f16",
 ) -> Engine:
     from synatra_local.runtime.engine import Engine
 
@@ -38,6 +41,8 @@ def load_engine(
             template=template,
             prefill_turn_end=conversation,
             repack=not no_repack,
+            parallel=parallel,
+            kv_type=kv_type,  # type: ignore[arg-type]  # llama_backend checks the name
             verbose=verbose,
         )
     for warning in engine.template_decision.warnings:
@@ -46,7 +51,17 @@ def load_engine(
         stderr.print(f"[dim]{escape(engine.offload.reason)}; template {escape(engine.template.name)}[/]")
     if verbose:
         stderr.print(f"prompt format {engine.template_decision.describe()}", style="dim", markup=False)
+    if verbose or parallel > 1:
+        stderr.print(kv_summary(engine), style="dim", markup=False)
     return engine
+
+
+def kv_summary(engine: Engine) -> str:
+    """What the KV cache holds and costs: sequences × context, its type, and its size."""
+    return (
+        f"KV cache: {engine.parallel} sequence{'s' if engine.parallel > 1 else ''} × {engine.n_ctx} tokens, "
+        f"{engine.kv_type}, {engine.kv_bytes / 2**20:.0f} MiB"
+    )
 
 
 def model_path(model: str) -> str:
@@ -85,6 +100,8 @@ def generation_options(
     repeat_penalty: float,
     seed: int | None,
     stop: list[str] | None,
+    json: bool = False,
+    json_schema: dict | None = None,
 ) -> GenerationOptions:
     from synatra_local.runtime.engine import GenerationOptions
 
@@ -97,7 +114,36 @@ def generation_options(
         repeat_penalty=repeat_penalty,
         seed=seed,
         stop=tuple(stop or ()),
+        json=json or json_schema is not None,
+        json_schema=json_schema,
     )
+
+
+def read_json_schema(path: Path | None) -> dict | None:
+    """The schema of `--json-schema FILE`, checked before any model loads; every failure names the file."""
+    import json
+
+    from synatra_local.core.errors import SynatraError
+    from synatra_local.runtime.structured import StructuredOutputError, json_grammar
+
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SynatraError(f"cannot read the JSON schema file {path}: {reason}",
+                           fix="give --json-schema a readable UTF-8 .json file") from exc
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise SynatraError(f"the JSON schema file {path} is not valid JSON: {exc}",
+                           fix="fix the JSON in that file") from exc
+    try:
+        json_grammar(schema)
+    except StructuredOutputError as exc:
+        raise SynatraError(f"the JSON schema file {path}: {exc.message}", fix=exc.fix) from exc
+    return schema
 
 
 def format_stats(stats: GenerationStats) -> str:

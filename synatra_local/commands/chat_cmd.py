@@ -12,11 +12,13 @@ import typer
 from rich.markup import escape
 
 from ._app import run_app, stderr
-from ._engine import format_stats, generation_options, load_engine
+from ._engine import format_stats, generation_options, load_engine, read_json_schema
 from .options import (
     Batch,
     Ctx,
     GpuLayers,
+    Json,
+    JsonSchema,
     MaxTokens,
     MinP,
     ModelArg,
@@ -58,6 +60,8 @@ def chat(
     repeat_penalty: RepeatPenalty = 1.1,
     seed: Seed = None,
     stop: Stop = None,
+    json: Json = False,
+    json_schema: JsonSchema = None,
     ctx: Ctx = 4096,
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
@@ -72,6 +76,7 @@ def chat(
     """Chat in the terminal (or, with --web, in the browser); replies stream as they are generated."""
     from synatra_local.runtime.conversation import Conversation
 
+    schema = read_json_schema(json_schema)
     if web:
         import synatra_local.server  # noqa: F401  (without the `server` extra: one error now, before the load)
     engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
@@ -81,7 +86,7 @@ def chat(
         return
     options = generation_options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repeat_penalty=repeat_penalty, seed=seed, stop=stop,
+        repeat_penalty=repeat_penalty, seed=seed, stop=stop, json=json, json_schema=schema,
     )
     conversation = Conversation(engine, system=system, options=options)
     stderr.print(f"[dim]{escape(engine.path.name)} · template {escape(engine.template.name)} · {HELP}[/]")

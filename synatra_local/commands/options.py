@@ -65,6 +65,17 @@ NoRepack = Annotated[
         "somewhat slower decoding.",
     ),
 ]
+KvType = Annotated[
+    str,
+    typer.Option(
+        "--kv-type", help="KV cache type: f16, q8_0 (half the memory) or q4_0 (a quarter); llama.cpp's type_k/type_v."
+    ),
+]
+Parallel = Annotated[
+    int,
+    ranged("--parallel", "-np", name="parallel",
+           help="Replies decoded together (continuous batching); each gets its own --ctx of KV cache."),
+]
 Template = Annotated[
     str | None,
     typer.Option("--template", help="Prompt format: synatra-v0.1, synatra-v0.2, chatml, jinja, or a .jinja file."),
@@ -84,3 +95,8 @@ RepeatPenalty = Annotated[
 ]
 Seed = Annotated[int | None, ranged("--seed", name="seed", help="Random seed; the same seed gives the same text.")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")]
+Json = Annotated[bool, typer.Option("--json", help="Reply with one JSON object (llama.cpp's grammar sampler).")]
+JsonSchema = Annotated[
+    Path | None,
+    typer.Option("--json-schema", help="Reply with JSON valid against the JSON Schema in this file (implies --json)."),
+]

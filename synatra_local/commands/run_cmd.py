@@ -8,11 +8,13 @@ from typing import Annotated
 import typer
 
 from ._app import run_app, stderr
-from ._engine import format_stats, generation_options, load_engine
+from ._engine import format_stats, generation_options, load_engine, read_json_schema
 from .options import (
     Batch,
     Ctx,
     GpuLayers,
+    Json,
+    JsonSchema,
     MaxTokens,
     MinP,
     ModelArg,
@@ -46,6 +48,8 @@ def run(
     repeat_penalty: RepeatPenalty = 1.1,
     seed: Seed = None,
     stop: Stop = None,
+    json: Json = False,
+    json_schema: JsonSchema = None,
     ctx: Ctx = 4096,
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
@@ -54,6 +58,7 @@ def run(
     verbose: Verbose = False,
 ) -> None:
     """Answer one prompt with the model's own chat template; the reply streams to stdout."""
+    schema = read_json_schema(json_schema)
     text = sys.stdin.read().rstrip("\n") if prompt == "-" else prompt
     engine = load_engine(
         model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose, batch=batch,
@@ -62,7 +67,7 @@ def run(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     options = generation_options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repeat_penalty=repeat_penalty, seed=seed, stop=stop,
+        repeat_penalty=repeat_penalty, seed=seed, stop=stop, json=json, json_schema=schema,
     )
     with engine.stream(messages, options) as generation:
         for piece in generation:

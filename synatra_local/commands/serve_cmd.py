@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ._app import run_app, stderr
 from ._engine import load_engine
-from .options import Batch, Ctx, GpuLayers, ModelArg, NoRepack, Template, Threads, Verbose, ranged
+from .options import Batch, Ctx, GpuLayers, KvType, ModelArg, NoRepack, Parallel, Template, Threads, Verbose, ranged
 
 app = typer.Typer(add_completion=False)
 
@@ -47,6 +47,8 @@ def serve(
     ] = 20,
     no_web: Annotated[bool, typer.Option("--no-web", help="Do not serve the chat page at /.")] = False,
     ctx: Ctx = 4096,
+    parallel: Parallel = 4,
+    kv_type: KvType = "f16",
     threads: Threads = None,
     gpu_layers: GpuLayers = "auto",
     batch: Batch = 512,
@@ -56,7 +58,8 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health and a chat page at /.
 
-    Point any OpenAI client at the printed base URL (…/v1). Requests are answered one at a time, in order.
+    Point any OpenAI client at the printed base URL (…/v1). Up to --parallel replies are decoded together; more
+    requests wait their turn in arrival order.
     """
     # before the (slow) model load: without the `server` extra, or with the port taken, this fails at once
     from synatra_local.server.run import bind, is_loopback
@@ -65,7 +68,8 @@ def serve(
     sock = bind(host, port)
     try:
         engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template,
-                             verbose=verbose, batch=batch, no_repack=no_repack)
+                             verbose=verbose, batch=batch, no_repack=no_repack, parallel=parallel,
+                             kv_type=kv_type)
     except BaseException:
         sock.close()
         raise

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from llama_cpp import _internals
 
 from .cpu import physical_cores
 from .errors import ModelFileError, SynatraError
@@ -267,28 +267,6 @@ def _special_tokens(lib: ctypes.CDLL, handle: int, values: dict[str, object]) ->
     }
 
 
-@contextlib.contextmanager
-def _model_defaults(*, repack: bool) -> Iterator[None]:
-    """Model parameters the binding's `Llama` does not expose, set on the defaults it starts from.
-
-    `repack=False` turns off llama.cpp's extra CPU buffer types, which copy weights into a faster layout
-    at load: that copy is as large as the weights it repacks, on top of the memory-mapped file.
-    """
-    low_level = llama_cpp.llama_cpp
-    original = low_level.llama_model_default_params
-
-    def defaults() -> llama_cpp.llama_model_params:
-        params = original()
-        params.use_extra_bufts = repack
-        return params
-
-    low_level.llama_model_default_params = defaults
-    try:
-        yield
-    finally:
-        low_level.llama_model_default_params = original
-
-
 @dataclass(frozen=True)
 class SpecialToken:
     """A token llama.cpp's tokenizer matches as a whole string before it splits the text around it."""
@@ -314,6 +292,10 @@ class SamplingParams:
 
 
 CONTEXT_PADDING = 256  # llama.cpp rounds every context size up to a multiple of this (llama-context.cpp)
+PENALTY_LAST_N = 64  # tokens the repeat penalty looks back over (the binding's and llama.cpp's default)
+KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+# bytes per cached K or V element of each type (ggml's block sizes: 34 bytes per 32 for q8_0, 18 per 32 for q4_0)
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def allocated_context(n_ctx: int) -> int:
@@ -321,8 +303,71 @@ def allocated_context(n_ctx: int) -> int:
     return -(-n_ctx // CONTEXT_PADDING) * CONTEXT_PADDING
 
 
+class DecodeError(SynatraError):
+    """llama.cpp could not evaluate a batch (no room in the KV cache, or a failed compute)."""
+
+
+class GrammarError(SynatraError):
+    """llama.cpp's grammar parser refused a grammar."""
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One token of a batch: which sequence it extends, at which position, and whether its logits are wanted."""
+
+    token: int
+    pos: int
+    seq: int
+    logits: bool
+
+
+class Sampler:
+    """One sequence's sampler chain, as the binding builds it: repeat penalty, grammar, then greedy or
+    top-k → typical → top-p → min-p → temperature → a seeded draw. Sampling accepts the token into the chain
+    (the penalty's history, the grammar's state)."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, seed: int | None, grammar: str | None) -> None:
+        self._ctx = model._ctx.ctx
+        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = functools.partial(llama_cpp.llama_sampler_chain_add, self._chain)
+        add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
+        if grammar is not None:
+            _recent_errors.clear()
+            constraint = llama_cpp.llama_sampler_init_grammar(model._vocab, grammar.encode("utf-8"), b"root")
+            if not constraint:
+                self.close()
+                detail = "; ".join(_recent_errors) or "the grammar does not parse"
+                raise GrammarError(f"llama.cpp refused the grammar: {detail}", fix="check the grammar or JSON schema")
+            add(constraint)
+        if params.temperature == 0.0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(llama_cpp.llama_sampler_init_typical(1.0, 1))
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            add(llama_cpp.llama_sampler_init_dist(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed))
+
+    def sample(self, index: int) -> int:
+        """The next token from the logits of the last batch's entry `index`."""
+        return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, index))
+
+    def close(self) -> None:
+        if self._chain is not None:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class LlamaModel:
-    """A loaded GGUF with one context: tokenizer, KV cache reuse across calls, and token-by-token sampling."""
+    """A loaded GGUF with one context holding `n_seq` sequences: tokenizer, batched decoding, sampler chains.
+
+    `n_ctx` is each sequence's context: llama.cpp allocates `n_seq` of them (its KV cache is not unified), so
+    every sequence can hold a whole conversation of that length, and `kv_bytes` says what that costs.
+    """
 
     def __init__(
         self,
@@ -332,31 +377,41 @@ class LlamaModel:
         n_threads: int | None = None,
         n_batch: int = 512,
         n_gpu_layers: int = 0,
-        seed: int = 0xFFFFFFFF,
+        n_seq: int = 1,
+        kv_type: str = "f16",
         logits_all: bool = False,
         flash_attn: bool = True,
         repack: bool = True,
     ) -> None:
+        if kv_type not in KV_TYPES:
+            raise SynatraError(f"unknown KV cache type {kv_type!r}", fix=f"choose one of {', '.join(KV_TYPES)}")
+        if kv_type != "f16" and not flash_attn:
+            raise SynatraError(f"a {kv_type} KV cache needs flash attention", fix="use --kv-type f16")
         _recent_errors.clear()
         n_threads = n_threads or physical_cores()
-        # Asked for what llama.cpp will allocate anyway: the binding sizes its token buffer by the request,
-        # llama.cpp its KV cache by the rounded size, and the two must agree for prompts between them.
-        n_ctx = allocated_context(n_ctx)
+        self.kv_type = kv_type
+        self._logits_all = logits_all
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        model_params.use_extra_bufts = repack
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = allocated_context(n_ctx) * n_seq
+        context_params.n_seq_max = n_seq
+        context_params.n_batch = context_params.n_ubatch = n_batch
+        context_params.n_threads = context_params.n_threads_batch = n_threads
+        context_params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        context_params.type_k = context_params.type_v = KV_TYPES[kv_type]
+        context_params.no_perf = True
         try:
-            with _loading, _model_defaults(repack=repack):
-                self._llama = llama_cpp.Llama(
-                    str(path),
-                    n_ctx=n_ctx,
-                    n_threads=n_threads,
-                    n_threads_batch=n_threads,
-                    n_batch=n_batch,
-                    n_ubatch=n_batch,
-                    n_gpu_layers=n_gpu_layers,
-                    seed=seed,
-                    logits_all=logits_all,
-                    flash_attn=flash_attn,
-                    verbose=_verbose,
-                )
+            with _loading:
+                self._model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=_verbose)
+                try:
+                    self._ctx = _internals.LlamaContext(model=self._model, params=context_params, verbose=_verbose)
+                except BaseException:
+                    self._model.close()
+                    raise
         except (ValueError, RuntimeError) as exc:
             detail = "; ".join(_recent_errors) or str(exc)
             raise ModelFileError(
@@ -364,32 +419,36 @@ class LlamaModel:
             ) from exc
         finally:
             llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
-        self._vocab = self._llama._model.vocab
+        self._vocab = self._model.vocab
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self.n_batch = n_batch
+        self.n_seq = n_seq
+        self._n_threads = n_threads
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
-        self.evaluated_tokens = 0
-        original_eval = self._llama.eval
-
-        def counting_eval(tokens: list[int]) -> None:
-            self.evaluated_tokens += len(tokens)
-            original_eval(tokens)
-
-        self._llama.eval = counting_eval  # type: ignore[method-assign]
+        self._all_logits: list[np.ndarray] = []
+        self.evaluated_tokens = 0  # every token decoded since load, for statistics and tests
 
     @property
     def n_ctx(self) -> int:
-        return self._llama.n_ctx()
+        """Each sequence's context (what llama.cpp allocated for it)."""
+        return int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx))
 
     @property
     def n_threads(self) -> int:
-        return self._llama.n_threads
+        return self._n_threads
 
-    @property
+    @functools.cached_property
     def n_vocab(self) -> int:
-        return self._llama.n_vocab()
+        return int(llama_cpp.llama_vocab_n_tokens(self._vocab))
 
     @property
     def bos_id(self) -> int:
-        return self._llama.token_bos()
+        return int(llama_cpp.llama_vocab_bos(self._vocab))
+
+    @property
+    def eos_id(self) -> int:
+        return int(llama_cpp.llama_vocab_eos(self._vocab))
 
     @property
     def adds_bos(self) -> bool:
@@ -398,6 +457,15 @@ class LlamaModel:
     @property
     def adds_eos(self) -> bool:
         return bool(llama_cpp.llama_vocab_get_add_eos(self._vocab))
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the KV cache llama.cpp allocated: every layer's K and V for every cell of every sequence."""
+        model = self._model.model
+        n_embd, n_head = llama_cpp.llama_model_n_embd(model), llama_cpp.llama_model_n_head(model)
+        n_head_kv = llama_cpp.llama_model_n_head_kv(model) or n_head
+        per_cell = 2 * llama_cpp.llama_model_n_layer(model) * (n_embd // n_head) * n_head_kv
+        return int(per_cell * int(llama_cpp.llama_n_ctx(self._ctx.ctx)) * KV_TYPE_BYTES[self.kv_type])
 
     @functools.cached_property
     def special_tokens(self) -> tuple[SpecialToken, ...]:
@@ -422,16 +490,12 @@ class LlamaModel:
                 ))
         return tuple(sorted(found, key=lambda t: -len(t.text.encode("utf-8"))))
 
-    @property
+    @functools.cached_property
     def metadata(self) -> dict[str, str]:
-        return dict(self._llama.metadata)
-
-    @property
-    def cached_tokens(self) -> list[int]:
-        return [int(t) for t in self._llama._input_ids[: self._llama.n_tokens]]
+        return self._model.metadata()
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
-        """llama.cpp's tokenizer, into a buffer sized by the text (the binding's is the training context, each call)."""
+        """llama.cpp's tokenizer, into a buffer sized by the text."""
         data = text.encode("utf-8")
         size = len(data) + 2  # a token covers at least one byte; + BOS and EOS
         buffer = (llama_cpp.llama_token * size)()
@@ -462,37 +526,73 @@ class LlamaModel:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
-    def set_seed(self, seed: int | None) -> None:
-        """A fixed seed repeats text; None draws a fresh random seed for each reply."""
-        self._llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
+    # -- sequences and batches --------------------------------------------------------------------------------
 
-    def generate(self, tokens: list[int], sampling: SamplingParams) -> Iterator[int]:
-        """Sample tokens after `tokens`, reusing the longest cached prefix of the KV cache."""
-        return self._llama.generate(
-            tokens,
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty,
-        )
+    def sampler(self, params: SamplingParams, *, seed: int | None, grammar: str | None = None) -> Sampler:
+        """A fresh sampler chain for one reply; a fixed seed repeats text, None draws a random one."""
+        return Sampler(self, params, seed, grammar)
 
-    def extend(self, tokens: list[int]) -> int:
-        """Evaluate the part of `tokens` the KV cache lacks, if the cache holds the rest; returns how many."""
-        cached = self._llama.n_tokens
-        if cached >= len(tokens) or len(tokens) > self.n_ctx or self.cached_tokens[:cached] != tokens[:cached]:
-            return 0
-        self._llama.eval(tokens[cached:])
-        return len(tokens) - cached
+    def forget(self, seq: int, start: int = 0) -> None:
+        """Drop sequence `seq`'s cached tokens from position `start` on."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, start, -1)
+
+    def decode(self, entries: list[BatchEntry]) -> None:
+        """Evaluate one batch (at most `n_batch` entries) across sequences with one `llama_decode` call.
+
+        The logits of an entry that asked for them are then `logits_row(i)`, `i` its index in the batch.
+        """
+        batch = self._batch
+        for i, entry in enumerate(entries):
+            batch.token[i] = entry.token
+            batch.pos[i] = entry.pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = entry.seq
+            batch.logits[i] = entry.logits
+        batch.n_tokens = len(entries)
+        _recent_errors.clear()
+        status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            detail = "; ".join(_recent_errors) or f"llama_decode returned {status}"
+            raise DecodeError(f"llama.cpp could not evaluate the batch: {detail}", fix="lower --parallel or --ctx")
+        self.evaluated_tokens += len(entries)
+
+    def logits_row(self, index: int) -> np.ndarray:
+        """The logits of the last batch's entry `index` (a view, valid until the next decode)."""
+        row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
     def evaluate(self, tokens: list[int]) -> None:
-        """Run the prompt from scratch (used to read logits)."""
-        self._llama.reset()
-        self._llama.eval(tokens)
+        """Run `tokens` from scratch in sequence 0, keeping every position's logits when `logits_all` was asked."""
+        self.forget(0)
+        self._all_logits = []
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last = start + len(chunk) == len(tokens)
+            self.decode([
+                BatchEntry(token, start + i, 0, self._logits_all or (last and i == len(chunk) - 1))
+                for i, token in enumerate(chunk)
+            ])
+            if self._logits_all:
+                self._all_logits.append(np.stack([self.logits_row(i) for i in range(len(chunk))]))
 
     def logits(self) -> np.ndarray:
-        """Logits of every evaluated position, [n_tokens, n_vocab] (needs `logits_all=True`)."""
-        return self._llama.scores[: self._llama.n_tokens]
+        """Logits of every position `evaluate` ran, [n_tokens, n_vocab] (needs `logits_all=True`)."""
+        return np.concatenate(self._all_logits) if self._all_logits else np.zeros((0, self.n_vocab), np.float32)
 
     def close(self) -> None:
-        self._llama.close()
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self._ctx.close()
+        self._model.close()
+
+
+# --- JSON schema → GBNF (structured output) ---------------------------------------------------------------------
+# runtime/structured.py checks and rewrites the schema into what this converter enforces; this only calls it.
+
+
+def json_schema_to_gbnf(schema_json: str) -> str:
+    """GBNF for JSON valid against `schema_json`, from the converter llama-cpp-python ships (llama_grammar)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+
+    return convert(schema_json)

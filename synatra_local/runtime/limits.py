@@ -61,6 +61,8 @@ RANGES: dict[str, Range] = {
     "top_k": Range(0, INT32_MAX, True, note="0 = off"),
     "min_p": Range(0, 1, False),
     "repeat_penalty": Range(0, 10, False, low_open=True, note="1 = off"),
+    "parallel": Range(1, 256, True, note="sequences decoded together"),
+    "logprobs": Range(0, 20, True, note="alternatives reported per token"),
     "seed": Range(0, SEED_MAX, True, fix="leave the seed out for a random one (llama.cpp keeps 4294967295 for that)"),
     # the server's own options
     "port": Range(0, 65535, True, note="0 = any free port"),

@@ -5,6 +5,8 @@ Only the template's own markup becomes special tokens; message text stays text (
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,7 +108,7 @@ def _override_template(info: ModelInfo, name: str, bos: str, eos: str) -> Prompt
 
 
 def _eos_id(model: LlamaModel) -> int:
-    return int(model.metadata.get("tokenizer.ggml.eos_token_id", 2))
+    return model.eos_id
 
 
 @dataclass
@@ -123,7 +125,7 @@ def _is_one_special_token(model: LlamaModel, text: str) -> bool:
 
 
 class PromptBuilder:
-    """Renders and tokenizes conversations, extending the previous turn's exact tokens when it can.
+    """Renders and tokenizes conversations, extending an earlier turn's exact tokens when it can.
 
     After a reply that ended at the model's end-of-turn token, the next prompt of the same conversation is
     the previous prompt, the model's own reply tokens, that end token, and only the new text tokenized: so
@@ -131,11 +133,12 @@ class PromptBuilder:
     gives the same ids as tokenizing the whole rendered prompt.
     """
 
-    def __init__(self, model: LlamaModel, template: PromptTemplate) -> None:
+    def __init__(self, model: LlamaModel, template: PromptTemplate, *, remember: int = 4) -> None:
         self._model = model
         self._template = template
         self._text_only = TextOnly(model, eos_id=_eos_id(model))
-        self._remembered: _Remembered | None = None
+        self._remembered: deque[_Remembered] = deque(maxlen=remember)  # the latest turns, newest last
+        self._lock = threading.Lock()
         candidates = {model.token_text(model.bos_id), model.token_text(_eos_id(model)), *template.stop_markers}
         self._special_texts = tuple(t for t in candidates if t and _is_one_special_token(model, t))
 
@@ -146,15 +149,16 @@ class PromptBuilder:
     def build(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
         """The escaped rendering (what `remember` takes back) and the prompt's tokens."""
         text = self._template.render(self._text_only.escape_messages(messages), add_generation_prompt=True)
-        known = self._remembered
-        if (
-            known is not None
-            and len(messages) > len(known.messages)
-            and list(messages[: len(known.messages)]) == known.messages
-            and text.startswith(known.text)
-            and self._starts_fresh(known, text[len(known.text) :])
-        ):
-            return text, known.tokens + self._text_only.tokenize(text[len(known.text) :], add_bos=False)
+        with self._lock:
+            remembered = sorted(self._remembered, key=lambda known: -len(known.tokens))
+        for known in remembered:  # the longest earlier turn this prompt continues
+            if (
+                len(messages) > len(known.messages)
+                and list(messages[: len(known.messages)]) == known.messages
+                and text.startswith(known.text)
+                and self._starts_fresh(known, text[len(known.text) :])
+            ):
+                return text, known.tokens + self._text_only.tokenize(text[len(known.text) :], add_bos=False)
         add_bos = self._model.adds_bos and not self._template.bos_in_text
         return text, self._text_only.tokenize(text, add_bos=add_bos)
 
@@ -170,13 +174,15 @@ class PromptBuilder:
         from them.
         """
         end_text = self._model.token_text(end_token) if end_token is not None else ""
-        self._remembered = _Remembered(
+        known = _Remembered(
             list(messages) + [{"role": "assistant", "content": reply}],
             prompt_text + self._text_only.escape(reply) + end_text,
             tokens + ([end_token] if end_token is not None else []),
             end_token is not None,
         )
-        return self._remembered.tokens
+        with self._lock:
+            self._remembered.append(known)
+        return known.tokens
 
     def _starts_fresh(self, known: _Remembered, new_text: str) -> bool:
         """New text may be tokenized on its own only at a special-token boundary, where ids cannot merge."""

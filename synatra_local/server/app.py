@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -42,6 +42,7 @@ from .schemas import (
 from .web import add_web, is_web_path
 
 if TYPE_CHECKING:
+    from synatra_local.runtime.batching import TokenLogprob
     from synatra_local.runtime.engine import Engine, Generation, GenerationOptions
 
 logger = logging.getLogger("synatra_local.server")
@@ -73,15 +74,9 @@ def create_app(
     `stream_interval` (seconds) is the shortest time between two streamed events; text that comes faster is
     merged into the next event (0: one event per piece the engine yields). `web`: the chat page at `/` (web.py).
     """
-    scheduler = Scheduler()
+    scheduler = Scheduler(engine)
     created = int(time.time())
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        scheduler.shutdown()
-
-    app = FastAPI(title="synatra-local", summary="OpenAI-compatible API over a local Synatra model", lifespan=lifespan)
+    app = FastAPI(title="synatra-local", summary="OpenAI-compatible API over a local Synatra model")
     app.state.engine = engine
     app.state.scheduler = scheduler
     app.state.model_id = model_id
@@ -107,6 +102,8 @@ def create_app(
             "status": "ok",
             "model": model_id,
             "busy": scheduler.busy,
+            "parallel": engine.parallel,
+            "active": scheduler.active,
             "waiting": scheduler.waiting,
             "served": scheduler.served,
             "cancelled": scheduler.cancelled,
@@ -140,7 +137,8 @@ def create_app(
         """Both endpoints from here on: start (prompt checked), check the room, then stream events or one JSON."""
         generation = await run_in_threadpool(_start, start, prompt_param)
         _check_room(engine, generation, max_tokens, max_param)
-        reply = _Reply("chatcmpl" if chat else "cmpl", model_id, generation.stats.prompt_tokens)
+        reply = _Reply("chatcmpl" if chat else "cmpl", model_id, generation.stats.prompt_tokens,
+                       logprobs=generation_logprobs(generation))
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             make_events = _chat_events if chat else _completion_events
@@ -153,8 +151,8 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         if body.n not in (None, 1):
             raise APIError(400, "n > 1 is not supported: this server returns one choice", param="n")
-        if body.logprobs:
-            raise APIError(400, "logprobs are not supported", param="logprobs")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if body.tools:
             raise APIError(400, "tools are not supported", param="tools")
         messages = _messages(body.messages)
@@ -163,7 +161,8 @@ def create_app(
             if body.max_completion_tokens is not None
             else (body.max_tokens, "max_tokens")
         )
-        options = _options(body, max_tokens, param, max_tokens_cap)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        options = _options(body, max_tokens, param, max_tokens_cap, logprobs=logprobs)
         return await respond(lambda: engine.stream(messages, options), "messages", body, request, max_tokens, param,
                              chat=True)
 
@@ -175,15 +174,14 @@ def create_app(
             raise APIError(400, "echo is not supported", param="echo")
         if body.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
-        if body.logprobs is not None:
-            raise APIError(400, "logprobs are not supported", param="logprobs")
         if isinstance(body.prompt, list):
             if len(body.prompt) != 1:
                 raise APIError(400, "one prompt per request is supported", param="prompt")
             prompt = body.prompt[0]
         else:
             prompt = body.prompt
-        options = _options(body, body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens", max_tokens_cap)
+        options = _options(body, body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens", max_tokens_cap,
+                           logprobs=body.logprobs)
         return await respond(lambda: engine.complete(prompt, options), "prompt", body, request, options.max_tokens,
                              "max_tokens", chat=False)
 
@@ -218,7 +216,9 @@ def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     return result
 
 
-def _options(body: SamplingFields, max_tokens: int | None, param: str, cap: int) -> GenerationOptions:
+def _options(
+    body: SamplingFields, max_tokens: int | None, param: str, cap: int, *, logprobs: int | None = None
+) -> GenerationOptions:
     from synatra_local.runtime.engine import GenerationOptions
 
     if max_tokens is not None and max_tokens > cap:
@@ -240,7 +240,26 @@ def _options(body: SamplingFields, max_tokens: int | None, param: str, cap: int)
     # OpenAI takes any 64-bit seed; llama.cpp's are 0 ... 2^32-2 (all-ones means "random"). Mapped, not refused, so
     # that clients which send large or negative seeds still get the same text for the same seed.
     seed = None if body.seed is None else body.seed % RANDOM_SEED
-    return GenerationOptions(max_tokens=max_tokens or cap, seed=seed, stop=tuple(s for s in stop if s), **given)
+    json, schema = _response_format(body.response_format)
+    try:
+        return GenerationOptions(
+            max_tokens=max_tokens or cap, seed=seed, stop=tuple(s for s in stop if s), json=json, json_schema=schema,
+            logprobs=logprobs, **given,
+        )
+    except SynatraError as exc:  # a schema the grammar converter cannot express, or an invalid one
+        raise APIError(400, str(exc), param="response_format") from exc
+
+
+def _response_format(value: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
+    """OpenAI's `response_format` (and llama-server's flat json_schema form): (JSON at all, the schema)."""
+    if value is None:
+        return False, None
+    from synatra_local.runtime.structured import response_format_schema
+
+    try:
+        return response_format_schema(value)
+    except SynatraError as exc:
+        raise APIError(400, str(exc), param="response_format") from exc
 
 
 def _start(start: Callable[[], Generation], param: str) -> Generation:
@@ -274,11 +293,12 @@ def _check_room(engine: Engine, generation: Generation, max_tokens: int | None, 
 class _Reply:
     """The parts of one response that stay the same in every chunk."""
 
-    def __init__(self, prefix: str, model_id: str, prompt_tokens: int) -> None:
+    def __init__(self, prefix: str, model_id: str, prompt_tokens: int, *, logprobs: bool = False) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = model_id
         self.prompt_tokens = prompt_tokens
+        self.logprobs = logprobs
 
     def usage(self, generation: Generation) -> dict[str, int]:
         prompt = generation.stats.prompt_tokens or self.prompt_tokens
@@ -298,18 +318,60 @@ class _Reply:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
+            "logprobs": chat_logprobs(generation.logprobs) if self.logprobs else None,
             "finish_reason": finish_reason(generation),
         }
         return {**self.head("chat.completion"), "choices": [choice], "usage": self.usage(generation)}
 
     def text_completion(self, text: str, generation: Generation) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(generation)}
+        logprobs = completion_logprobs(generation.logprobs) if self.logprobs else None
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(generation)}
         return {**self.head("text_completion"), "choices": [choice], "usage": self.usage(generation)}
 
 
 def finish_reason(generation: Generation) -> str:
     return FINISH_REASONS.get(generation.stats.stop_reason or "", "stop")
+
+
+def generation_logprobs(generation: Generation) -> bool:
+    return generation.options.logprobs is not None
+
+
+def _token_text(data: bytes) -> str:
+    """A token's text; a token that is part of a character (Korean byte fallback) shows its bytes as `\\xNN`."""
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's chat `logprobs`: each token's text, logprob, bytes and its top alternatives."""
+    return {
+        "content": [
+            {
+                "token": _token_text(entry.bytes),
+                "logprob": entry.logprob,
+                "bytes": list(entry.bytes),
+                "top_logprobs": [
+                    {"token": _token_text(data), "logprob": value, "bytes": list(data)} for _, data, value in entry.top
+                ],
+            }
+            for entry in logprobs
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(logprobs: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (characters)."""
+    text_offset, data = [], b""
+    for entry in logprobs:
+        text_offset.append(offset + len(data.decode("utf-8", errors="ignore")))
+        data += entry.bytes
+    return {
+        "tokens": [_token_text(entry.bytes) for entry in logprobs],
+        "token_logprobs": [entry.logprob for entry in logprobs],
+        "top_logprobs": [{_token_text(d): value for _, d, value in entry.top} for entry in logprobs],
+        "text_offset": text_offset,
+    }
 
 
 # JSON escapes control characters itself; these three are line breaks to str.splitlines(), which some SSE clients
@@ -346,8 +408,8 @@ async def _chat_events(
 ) -> AsyncIterator[bytes]:
     head = reply.head("chat.completion.chunk")
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return _event({**head, "choices": [choice]})
 
     content = _text_chunks(chunk({"content": _MARK}))
@@ -355,8 +417,8 @@ async def _chat_events(
     try:
         yield chunk({"role": "assistant", "content": ""})
         async with aclosing(scheduler.pieces(generation, interval=interval)) as pieces:
-            async for text in pieces:
-                yield content(text)
+            async for text, logprobs in pieces:
+                yield chunk({"content": text}, logprobs=chat_logprobs(logprobs)) if reply.logprobs else content(text)
         yield chunk({}, finish_reason(generation))
         if include_usage:
             yield _event({**head, "choices": [], "usage": reply.usage(generation)})
@@ -370,14 +432,20 @@ async def _completion_events(
 ) -> AsyncIterator[bytes]:
     head = reply.head("text_completion")
 
-    def chunk(text: str, finish: str | None = None) -> bytes:
-        return _event({**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+    def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        return _event({**head, "choices": [choice]})
 
     content = _text_chunks(chunk(_MARK))
+    sent = 0
     try:
         async with aclosing(scheduler.pieces(generation, interval=interval)) as pieces:
-            async for text in pieces:
-                yield content(text)
+            async for text, logprobs in pieces:
+                if reply.logprobs:
+                    yield chunk(text, logprobs=completion_logprobs(logprobs, sent))
+                else:
+                    yield content(text)
+                sent += len(text)
         yield chunk("", finish_reason(generation))
         if include_usage:
             yield _event({**head, "choices": [], "usage": reply.usage(generation)})
@@ -397,7 +465,7 @@ async def _collect(scheduler: Scheduler, generation: Generation, request: Reques
     watcher = asyncio.create_task(watch())
     try:
         async with aclosing(scheduler.pieces(generation, interval=None)) as pieces:
-            return "".join([text async for text in pieces])
+            return "".join([text async for text, _ in pieces])
     finally:
         watcher.cancel()
 

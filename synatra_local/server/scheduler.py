@@ -1,11 +1,9 @@
-"""One model, many clients: generations run one at a time, first come first served, off the event loop.
+"""Many clients over one engine: each request's generation is started in the engine (which decodes up to
+`parallel` of them together and queues the rest in arrival order) and its text reaches the event loop through a
+pipe, without a thread per request.
 
-The engine's own `threading.Lock` is not fair (any waiting thread may win), so requests queue here on an
-`asyncio.Lock`, whose waiters are woken strictly in arrival order. The lock is held for a generation's whole
-run: a streamed reply is never interleaved with another. Each generation is iterated in a worker thread that
-hands its text pieces to the event loop; the loop stays free for other requests (and /health) meanwhile.
-If the consumer goes away (a client disconnects), the generation is cancelled and stops within one token;
-the lock passes on only once the worker has closed the generation, so the engine is free for the next one.
+If the consumer goes away (a client disconnects), the generation is cancelled and its sequence is free within
+one decoding step.
 """
 
 from __future__ import annotations
@@ -14,28 +12,31 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from synatra_local.runtime.engine import Generation, GenerationStats
+    from synatra_local.runtime.batching import TokenLogprob
+    from synatra_local.runtime.engine import Engine, Generation, GenerationStats
 
 
 class _Pipe:
-    """Text pieces from the worker thread to the event loop; the loop is woken only when it waits."""
+    """Text pieces (with their tokens' logprobs) from the decoding thread to the event loop; the loop is woken
+    only when it waits."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, wake_each: bool = True) -> None:
         self._loop = loop
         self._wake_each = wake_each
         self._lock = threading.Lock()
-        self._pieces: list[str] = []
+        self._text: list[str] = []
+        self._logprobs: list[TokenLogprob] = []
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, piece: str) -> None:
+    def put(self, text: str, logprobs: list[TokenLogprob]) -> None:
         with self._lock:
-            self._pieces.append(piece)
+            self._text.append(text)
+            self._logprobs += logprobs
             if not self._wake_each:
                 return
             waiter, self._waiter = self._waiter, None
@@ -48,13 +49,12 @@ class _Pipe:
             waiter, self._waiter = self._waiter, None
         self._wake(waiter)
 
-    async def get(self) -> str | None:
-        """All the text that arrived since the last call (at least one piece), or None at the end."""
+    async def get(self) -> tuple[str, list[TokenLogprob]] | None:
+        """All that arrived since the last call (at least one piece), or None at the end."""
         while True:
             with self._lock:
-                if self._pieces:
-                    pieces, self._pieces = self._pieces, []
-                    return "".join(pieces)
+                if self._text:
+                    return self._take()
                 if self._done:
                     if self._error is not None:
                         raise self._error
@@ -62,11 +62,15 @@ class _Pipe:
                 waiter = self._waiter = self._loop.create_future()
             await waiter
 
-    def drain(self) -> str:
+    def drain(self) -> tuple[str, list[TokenLogprob]]:
         """What arrived since the last `get`, without waiting (possibly nothing)."""
         with self._lock:
-            pieces, self._pieces = self._pieces, []
-        return "".join(pieces)
+            return self._take()
+
+    def _take(self) -> tuple[str, list[TokenLogprob]]:
+        text, logprobs = "".join(self._text), self._logprobs
+        self._text, self._logprobs = [], []
+        return text, logprobs
 
     def _wake(self, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
@@ -80,76 +84,56 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 
 
 class Scheduler:
-    """Runs generations one at a time in arrival order; see the module docstring."""
+    """Starts generations in the engine and counts them for /health; see the module docstring."""
 
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synatra-generate")
-        self.waiting = 0
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self.served = 0
         self.cancelled = 0
         self.last_stats: GenerationStats | None = None
 
     @property
     def busy(self) -> bool:
-        return self._lock.locked()
+        return self._engine.active > 0
 
-    async def pieces(self, generation: Generation, *, interval: float | None = 0.0) -> AsyncIterator[str]:
-        """The generation's text as it arrives, at most one piece per `interval` seconds.
+    @property
+    def active(self) -> int:
+        return self._engine.active
+
+    @property
+    def waiting(self) -> int:
+        return self._engine.waiting
+
+    async def pieces(
+        self, generation: Generation, *, interval: float | None = 0.0
+    ) -> AsyncIterator[tuple[str, list[TokenLogprob]]]:
+        """The generation's text (and its tokens' logprobs) as it arrives, at most one piece per `interval` seconds.
 
         Text that arrives within `interval` of the previous piece (or while the reader is busy) is merged into
         the next one, so a very fast model does not cost an event per token; `None` gives the whole text in one
-        piece at the end. Waits for its turn first. Leaving the loop early (a cancelled task, a closed
-        iterator) cancels the generation; the engine is released within one token.
+        piece at the end. Leaving the loop early (a cancelled task, a closed iterator) cancels the generation.
         """
-        self.waiting += 1
-        try:
-            await self._lock.acquire()
-        except BaseException:
-            generation.close()
-            raise
-        finally:
-            self.waiting -= 1
         loop = asyncio.get_running_loop()
         pipe = _Pipe(loop, wake_each=interval is not None)
 
-        def release() -> None:
-            self._lock.release()
+        def done(error: BaseException | None) -> None:
+            self.last_stats = generation.stats
+            if generation.stats.stop_reason == "cancelled":
+                self.cancelled += 1
+            else:
+                self.served += 1
+            pipe.finish(error)
 
-        def work() -> None:
-            error: BaseException | None = None
-            try:
-                with generation:
-                    for piece in generation:
-                        pipe.put(piece)
-            except BaseException as exc:  # handed to the reader, which raises it
-                error = exc
-            finally:
-                self.last_stats = generation.stats
-                if generation.stats.stop_reason == "cancelled":
-                    self.cancelled += 1
-                else:
-                    self.served += 1
-                pipe.finish(error)
-                with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nothing waits for the lock
-                    loop.call_soon_threadsafe(release)
-
-        try:
-            loop.run_in_executor(self._executor, work)
-        except BaseException:
-            release()
-            generation.close()
-            raise
+        generation.start(pipe.put, done)
         try:
             sent = -float("inf")
-            while (text := await pipe.get()) is not None:
+            while (item := await pipe.get()) is not None:
+                text, logprobs = item
                 if interval and (wait := sent + interval - loop.time()) > 0:
                     await asyncio.sleep(wait)  # only when text comes faster than one piece per interval
-                    text += pipe.drain()
+                    more, more_logprobs = pipe.drain()
+                    text, logprobs = text + more, logprobs + more_logprobs
                 sent = loop.time()
-                yield text
+                yield text, logprobs
         finally:
             generation.cancel()  # a no-op once the generation has finished
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -77,12 +77,15 @@ class SamplingFields(_Strict):
     stop: StopField = None
     n: Annotated[int | None, Field(ge=1, le=INT32_MAX)] = None
     user: Text | None = None
+    # OpenAI's {"type": "text" | "json_object" | "json_schema", ...}; checked by runtime/structured.py
+    response_format: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int | None, _bounds("max_tokens")] = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, _bounds("logprobs")] = None
     tools: list[Any] | None = None
 
 
@@ -90,7 +93,7 @@ class CompletionRequest(SamplingFields):
     prompt: Text | Annotated[list[Text], Field(min_length=1)]
     echo: bool | None = None
     suffix: Text | None = None
-    logprobs: int | None = None
+    logprobs: Annotated[int | None, _bounds("logprobs")] = None
     best_of: Annotated[int | None, Field(ge=1, le=INT32_MAX)] = None
 
 

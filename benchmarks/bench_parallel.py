@@ -1,0 +1,210 @@
+"""Many clients at once: `synatra-local serve --parallel 8` against llama-server `-np 8` and `serve --parallel 1`.
+
+In one run, with the same GGUF, the same threads and the same context per sequence, each server is started as a
+child process and, for 1, 2, 4 and 8 concurrent clients (distinct prompts, streamed, greedy, `--tokens` new tokens
+each), measured for total generated tokens/s (all tokens over the wall time from the first request to the last
+token) and the median time to first token a client sees. llama-server is built from the pinned binding's vendored
+llama.cpp (tests/llama_cpp_tools.py); it runs with `--kv-unified` off and a context of 8 × `--ctx`, so each of its
+slots gets the same context as each of our sequences. The servers take turns per client count, so drift in the
+machine's speed hits all of them alike.
+
+Also: single-stream decode through the engine against a bare llama_decode loop (bench_runtime's same-context
+comparison), JSON-schema decode against unconstrained, and the cost of logprobs.
+Usage: python benchmarks/bench_parallel.py [--model PATH | --shape tiny|small] [--tokens N] [--threads N] [--ctx N]
+                                           [--clients 1,2,4,8] [--parallel 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from _measure import machine  # noqa: E402
+from bench_server import build_model  # noqa: E402
+
+QUESTIONS = [
+    "서울에 대해 이야기해 주세요.", "Tell me about the sea.", "한국의 사계절을 설명해 주세요.",
+    "Describe a forest.", "김치에 대해 알려 주세요.", "Explain how rain forms.", "대한민국 헌법에 대해 말해 주세요.",
+    "Describe a city at night.",
+]
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
+                   "tags": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4}},
+    "required": ["name", "age", "tags"],
+}
+
+
+def wait_for(process: subprocess.Popen, url: str, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode})")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ours(model: Path, parallel: int, threads: int, ctx: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "synatra_local", "serve", str(model), "--port", str(port), "--ctx", str(ctx),
+            "--parallel", str(parallel), "--threads", str(threads), "--stream-interval-ms", "0"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(process, url)
+    return process, url
+
+
+def start_llama_server(model: Path, parallel: int, threads: int, ctx: int) -> tuple[subprocess.Popen, str]:
+    from llama_cpp_tools import tool
+
+    port = free_port()
+    argv = [str(tool("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(parallel), "-c", str(ctx * parallel), "-t", str(threads), "-tb", str(threads), "-b", "512",
+            "-ub", "512", "-fa", "on", "--no-kv-unified", "--no-webui", "--no-warmup"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(process, url)
+    return process, url
+
+
+def one_client(url: str, question: str, tokens: int, sent: float, out: list) -> None:
+    import httpx
+
+    body = {"model": "m", "stream": True, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0,
+            "messages": [{"role": "user", "content": question}],
+            "stream_options": {"include_usage": True}}
+    first = None
+    generated = 0
+    with httpx.Client(timeout=600) as client, client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                generated = data["usage"]["completion_tokens"]
+            if data.get("choices") and data["choices"][0]["delta"].get("content") and first is None:
+                first = time.perf_counter()
+    out.append((first - sent if first else float("nan"), generated, time.perf_counter()))
+
+
+def clients_run(url: str, clients: int, tokens: int) -> tuple[float, float, int]:
+    """Total generated tokens/s and median time to first token for `clients` streams sent at once."""
+    results: list = []
+    start = time.perf_counter()
+    threads = [threading.Thread(target=one_client, args=(url, QUESTIONS[i % len(QUESTIONS)], tokens, start, results))
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    end = max(r[2] for r in results)
+    generated = sum(r[1] for r in results)
+    return generated / (end - start), statistics.median(r[0] for r in results), generated
+
+
+def engine_costs(model: Path, threads: int, tokens: int) -> dict[str, float]:
+    """Decode tok/s: unconstrained vs JSON schema vs logprobs (20 alternatives), alternated, one engine."""
+    from synatra_local.runtime.engine import Engine, GenerationOptions
+
+    engine = Engine(model, n_ctx=2048, threads=threads, gpu_layers=0)
+    prompt = [{"role": "user", "content": "Describe a person as JSON. 사람을 JSON으로 설명해 주세요."}]
+    kinds = {
+        "plain": GenerationOptions(max_tokens=tokens, temperature=0, repeat_penalty=1.0),
+        "json_schema": GenerationOptions(max_tokens=tokens, temperature=0, repeat_penalty=1.0, json_schema=SCHEMA),
+        "logprobs": GenerationOptions(max_tokens=tokens, temperature=0, repeat_penalty=1.0, logprobs=20),
+    }
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(3):
+        for kind, options in kinds.items():
+            engine.forget_cache()
+            generation = engine.stream(prompt, options)
+            "".join(generation)
+            rates[kind].append(generation.stats.tokens_per_second)
+    engine.close()
+    return {kind: statistics.median(values) for kind, values in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--shape", choices=["tiny", "small"], default="small")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--ctx", type=int, default=1024)
+    parser.add_argument("--clients", default="1,2,4,8")
+    parser.add_argument("--parallel", type=int, default=8)
+    args = parser.parse_args()
+    counts = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
+        model = args.model or build_model(Path(tmp), args.shape)
+        print(f"machine: {machine()}\nmodel: {model.name}, {args.threads} threads, {args.tokens} tokens per client, "
+              f"ctx {args.ctx} per sequence")
+        n, threads, ctx = args.parallel, args.threads, args.ctx
+        servers = {
+            f"llama-server -np {n}": lambda: start_llama_server(model, n, threads, ctx),
+            f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx),
+            "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx),
+        }
+        table: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in servers}
+        for name, start in servers.items():
+            try:
+                process, url = start()
+            except Exception as exc:  # noqa: BLE001 - llama-server may be unavailable: say so and go on
+                print(f"{name}: unavailable ({exc})")
+                continue
+            try:
+                clients_run(url, 1, 4)  # warm-up
+                for count in counts:
+                    table[name][count] = clients_run(url, count, args.tokens)
+            finally:
+                process.terminate()
+                process.wait(30)
+        print(f"\n{'server':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
+        for name, row in table.items():
+            cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
+                            for c in counts)
+            print(f"{name:<26}{cells}")
+        reference = table[f"llama-server -np {args.parallel}"]
+        ours = table[f"serve --parallel {args.parallel}"]
+        if reference and ours:
+            print("\nours / llama-server: " + ", ".join(
+                f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, {ours[c][1] / reference[c][1]:.2f}× TTFT"
+                for c in counts))
+        costs = engine_costs(model, args.threads, args.tokens)
+        print(f"\nengine decode, one stream: plain {costs['plain']:.1f} tok/s, JSON schema {costs['json_schema']:.1f} "
+              f"({costs['json_schema'] / costs['plain']:.2f}×), logprobs (20) {costs['logprobs']:.1f} "
+              f"({costs['logprobs'] / costs['plain']:.2f}×)")
+        from bench_runtime import same_context
+
+        bare, engine = same_context(model, QUESTIONS[0] * 4, args.tokens, args.threads, 3)
+        print(f"engine vs a bare llama_decode loop on its own context: {engine:.1f} vs {bare:.1f} tok/s "
+              f"({engine / bare:.2f}×)")
+
+
+if __name__ == "__main__":
+    main()

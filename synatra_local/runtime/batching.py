@@ -1,0 +1,294 @@
+"""Continuous batching: one thread owns the llama.cpp context and runs every sequence in one batch per step.
+
+Each step puts the next token of every generating sequence and chunks of the prompts still being read into one
+batch (as llama-server's slot scheduler does), calls `llama_decode` once, and samples each sequence from its own
+logits row with its own sampler chain. A new request takes the free sequence whose cached tokens share the
+longest prefix with its prompt, so a conversation's next turn evaluates only its new tokens. Requests wait in
+arrival order while every sequence is busy. Everything a request sees (tokens, text, stats) is its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from synatra_local.core.llama_backend import BatchEntry, LlamaModel
+
+if TYPE_CHECKING:
+    from .engine import Job
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability under the model's own distribution before sampling, and the
+    `top` most likely alternatives at that position (token id, bytes, logprob)."""
+
+    id: int
+    bytes: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
+
+
+def token_logprob(model: LlamaModel, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """Log-softmax of one logits row, vectorised; only the chosen token and the top `top` are looked up."""
+    shifted = logits - logits.max()
+    log_total = float(np.log(np.exp(shifted, dtype=np.float64).sum()))
+    best: tuple[tuple[int, bytes, float], ...] = ()
+    if top:
+        ids = np.argpartition(-shifted, top - 1)[:top] if top < len(shifted) else np.arange(len(shifted))
+        ids = ids[np.argsort(-shifted[ids], kind="stable")]
+        best = tuple((int(i), model.token_bytes(int(i)), float(shifted[i]) - log_total) for i in ids)
+    return TokenLogprob(token, model.token_bytes(token), float(shifted[token]) - log_total, best)
+
+
+@dataclass
+class _Slot:
+    """One llama.cpp sequence: the tokens its KV cache holds, and what it is doing."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # tokens still to evaluate (prompt, or a finished turn's end)
+    next_token: int | None = None  # sampled, to be evaluated in the next step
+    last_used: int = 0  # when its last job started, counted in jobs (the least recently used is taken first)
+
+    @property
+    def free(self) -> bool:
+        return self.job is None and not self.pending
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class BatchScheduler:
+    """The decoding thread and its sequences; `submit` queues a job, `cancel` of a job is seen within a step."""
+
+    def __init__(self, model: LlamaModel, *, prefill_turn_end: bool = True) -> None:
+        self._model = model
+        self._prefill_turn_end = prefill_turn_end
+        self._slots = [_Slot(seq) for seq in range(model.n_seq)]
+        self._started = 0
+        self._queue: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="synatra-decode", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread --------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Sequences generating or reading a prompt now."""
+        return sum(slot.job is not None for slot in self._slots)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def has_room(self) -> bool:
+        """Whether a job submitted now would start at once (a sequence ending a turn counts as free)."""
+        with self._wake:
+            return not self._queue and any(slot.job is None for slot in self._slots)
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
+            self._queue.append(job)
+            self._idle.clear()
+            self._wake.notify()
+
+    def poke(self) -> None:
+        """Wake the thread (a job was cancelled)."""
+        with self._wake:
+            self._wake.notify()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no job is queued or running and every finished turn's end is evaluated."""
+        return self._idle.wait(timeout)
+
+    def forget_all(self) -> None:
+        """Empty every sequence's cache (waits until nothing runs; for benchmarks that share the context)."""
+        self.wait_idle()
+        with self._wake:
+            for slot in self._slots:
+                self._model.forget(slot.seq)
+                slot.cached = []
+
+    def cached_tokens(self, seq: int = 0) -> list[int]:
+        return list(self._slots[seq].cached)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+
+    # -- the decoding thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._closing and not self._queue and all(s.free for s in self._slots):
+                        self._idle.set()
+                        self._wake.wait()
+                    if self._closing:
+                        break
+                self._step()
+        finally:
+            for slot in self._slots:
+                if slot.job is not None:
+                    self._finish(slot, "cancelled")
+            with self._wake:
+                while self._queue:
+                    self._queue.popleft().finish_unstarted(RuntimeError("the engine was closed"))
+            self._idle.set()
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        entries: list[BatchEntry] = []
+        sampled: list[tuple[_Slot, int]] = []  # slots to sample, with the batch index of their logits
+        for slot in self._slots:
+            if slot.job is not None and slot.next_token is not None:
+                sampled.append((slot, len(entries)))
+                entries.append(BatchEntry(slot.next_token, len(slot.cached), slot.seq, True))
+        budget = self._model.n_batch - len(entries)
+        fed: list[tuple[_Slot, list[int]]] = []
+        for slot in self._slots:
+            if not slot.pending or budget <= 0:
+                continue
+            chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
+            budget -= len(chunk)
+            wants = slot.job is not None and not slot.pending
+            start = len(slot.cached)
+            entries += [
+                BatchEntry(token, start + i, slot.seq, wants and i == len(chunk) - 1) for i, token in enumerate(chunk)
+            ]
+            fed.append((slot, chunk))
+            if wants:
+                sampled.append((slot, len(entries) - 1))
+        if not entries:
+            return
+        try:
+            self._model.decode(entries)
+        except Exception as error:  # this batch's sequences are in an unknown state: start them afresh
+            for slot in {s.seq: s for s in [s for s, _ in sampled] + [s for s, _ in fed]}.values():
+                self._model.forget(slot.seq)
+                slot.cached, slot.pending, slot.next_token = [], [], None
+                if slot.job is not None:
+                    self._finish(slot, "cancelled", error)
+            return
+        for slot, _ in sampled:
+            if slot.next_token is not None:
+                slot.cached.append(slot.next_token)
+                slot.next_token = None
+        for slot, chunk in fed:
+            slot.cached += chunk
+        for slot, index in sampled:
+            try:
+                self._sample(slot, index)
+            except BaseException as error:  # noqa: BLE001 - the request's failure, raised where it is read
+                if slot.job is not None:
+                    self._finish(slot, "cancelled", error)
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        job = slot.job
+        assert job is not None
+        sampler = job.sampler
+        logprob = None
+        if job.options.logprobs is not None:  # the distribution before sampling, from the raw logits row
+            logits = self._model.logits_row(index)
+            token = sampler.sample(index)
+            logprob = token_logprob(self._model, logits, token, job.options.logprobs)
+        else:
+            token = sampler.sample(index)
+        reason = job.accept(token, logprob, len(slot.cached))
+        if reason is None:
+            slot.next_token = token
+        else:
+            self._finish(slot, reason)
+
+    def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
+        job = slot.job
+        assert job is not None
+        slot.job, slot.next_token, slot.pending = None, None, []
+        turn = job.finish(reason, error)  # the sequence's tokens as the conversation's next turn starts from them
+        if (
+            turn is not None
+            and self._prefill_turn_end
+            and reason in ("end_of_turn", "max_tokens")
+            and len(turn) <= self._model.n_ctx
+            and turn[: len(slot.cached)] == slot.cached
+        ):
+            # The last sampled token(s) are not in the KV cache yet; evaluating them now, after the reply was
+            # shown, takes that work off the next turn's time to first token.
+            slot.pending = turn[len(slot.cached) :]
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot, "cancelled")
+        with self._wake:
+            cancelled = [job for job in self._queue if job.cancelled]
+            for job in cancelled:
+                self._queue.remove(job)
+        for job in cancelled:
+            job.start(time.perf_counter())
+            job.finish("cancelled", None)
+
+    def _admit(self) -> None:
+        """Queued jobs, in arrival order, each into the free sequence that serves it best (see `_choose`)."""
+        while True:
+            with self._wake:
+                if not self._queue:
+                    return
+                job = self._queue[0]
+                slot = self._choose(job)
+                if slot is None:
+                    return
+                self._queue.popleft()
+            self._start(slot, job)
+
+    def _choose(self, job: Job) -> _Slot | None:
+        """The free sequence whose cache this prompt continues furthest, unless that would throw away most of a
+        cache the prompt shares only a header with: then the least recently used one (as llama-server's
+        prompt-similarity rule does). None while none is free, or while the best one still evaluates the end of
+        the turn this prompt continues."""
+        candidates = [slot for slot in self._slots if slot.job is None]
+        if not candidates:
+            return None
+        shared = {slot.seq: common_prefix(slot.cached + slot.pending, job.tokens) for slot in candidates}
+        worth = [slot for slot in candidates if 2 * shared[slot.seq] >= len(slot.cached) + len(slot.pending)]
+        if worth:
+            best = max(worth, key=lambda slot: (shared[slot.seq], -slot.last_used))
+        else:
+            best = min(candidates, key=lambda slot: slot.last_used)
+        if best.pending:
+            return None
+        return best
+
+    def _start(self, slot: _Slot, job: Job) -> None:
+        keep = common_prefix(slot.cached, job.tokens)
+        keep = min(keep, len(job.tokens) - 1)  # at least one token is evaluated, for its logits
+        self._model.forget(slot.seq, keep)
+        slot.cached = slot.cached[:keep]
+        slot.pending = job.tokens[keep:]
+        slot.next_token = None
+        job.start(time.perf_counter(), evaluated=len(slot.pending))
+        slot.job = job
+        self._started += 1
+        slot.last_used = self._started
