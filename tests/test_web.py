@@ -456,6 +456,19 @@ def test_settings_reach_the_request_and_copy_copies(driver: Any, served: Backgro
     assert console_errors(driver) == []
 
 
+def test_a_refused_request_gives_the_question_back(driver: Any, served: BackgroundServer) -> None:
+    open_page(driver, served.url, settings={"system": "", "temperature": 0.7, "maxTokens": 5000})
+    driver.find_element("id", "input").click()
+    driver.execute_cdp_cmd("Input.insertText", {"text": "너무 긴 답"})
+    press_enter(driver)
+    wait_for(lambda: "2048" in driver.find_element("id", "status").text, 10, "the server's reason")
+    assert driver.find_element("id", "status").text.startswith("오류: max_tokens is 5000")
+    assert js(driver, "return document.getElementById('input').value") == "너무 긴 답"
+    assert texts(driver, ".msg") == [] and stored(driver)[0]["messages"] == []
+    errors = console_errors(driver)
+    assert all("400" in entry["message"] for entry in errors) and len(errors) == 1, errors
+
+
 HOSTILE = [
     "<img src=x onerror=\"window.__pwned='img'\">",
     "<script>window.__pwned='script'</script>",

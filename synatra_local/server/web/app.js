@@ -320,6 +320,7 @@ async function generate(conversation) {
   let first = null;
   let savedAt = started;
   let retry = false;
+  let failed = null; // the server's reason, when it refused before any text
   try {
     const result = await streamChat({
       model: state.model,
@@ -353,18 +354,32 @@ async function generate(conversation) {
       message.stats = { ttft: first === null ? null : (first - started) / 1000, stopped: true };
     } else if (error instanceof ApiError && error.status === 401) {
       retry = true;
-    } else {
+    } else if (message.content) {
       message.error = `오류: ${error.message}`;
+    } else {
+      failed = error.message;
     }
   } finally {
     painter.finish(message.content);
     state.streaming = null;
-    if (retry || (!message.content && !message.error && message.stats && message.stats.stopped)) {
+    if (retry || failed !== null || (!message.content && message.stats && message.stats.stopped)) {
       conversation.messages.splice(conversation.messages.indexOf(message), 1);
+    }
+    const last = conversation.messages.at(-1);
+    if (failed !== null && last && last.role === "user") {
+      // refused before any text (too long for the context, an option the server does not allow, ...): the question
+      // goes back to the message box, so that the conversation keeps taking turns
+      conversation.messages.pop();
+      if (!ui.input.value) ui.input.value = last.content;
+      fitInput();
     }
     setBusy(false);
     persist();
-    if (conversation === current()) renderMessages();
+    if (conversation === current()) {
+      renderList();
+      renderMessages();
+    }
+    if (failed !== null) setStatus(`오류: ${failed}`, true);
   }
   if (retry) {
     setStatus("API 키가 필요합니다.", true);
