@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -37,6 +38,7 @@ from .options import (
 if TYPE_CHECKING:
     from synatra_local.core.errors import SynatraError
     from synatra_local.runtime.conversation import Conversation
+    from synatra_local.runtime.engine import Engine
 
 app = typer.Typer(add_completion=False)
 HELP = (
@@ -66,13 +68,22 @@ def chat(
     batch: Batch = 512,
     no_repack: NoRepack = False,
     verbose: Verbose = False,
+    web: Annotated[
+        bool, typer.Option("--web", help="Chat in the browser instead: serve the chat page on a free loopback port "
+                           "and open it (sampling is then set in the page).")
+    ] = False,
 ) -> None:
-    """Chat in the terminal; replies stream as they are generated."""
+    """Chat in the terminal (or, with --web, in the browser); replies stream as they are generated."""
     from synatra_local.runtime.conversation import Conversation
 
     schema = read_json_schema(json_schema)
+    if web:
+        import synatra_local.server  # noqa: F401  (without the `server` extra: one error now, before the load)
     engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
                          batch=batch, no_repack=no_repack)
+    if web:
+        _chat_in_browser(engine, verbose)
+        return
     options = generation_options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, stop=stop, json=json, json_schema=schema,
@@ -94,6 +105,23 @@ def chat(
                 break
             continue
         _reply(conversation, text, verbose)
+
+
+def _chat_in_browser(engine: Engine, verbose: bool) -> None:
+    """`serve` on a free loopback port, without a key (only this machine can reach it), and open the page."""
+    import webbrowser
+
+    from synatra_local.server.run import serve
+
+    def ready(url: str) -> None:
+        stderr.print(f"chat page: {url}/  (opening it in the browser; Ctrl-C stops)", markup=False, soft_wrap=True)
+        # in a thread: a text-mode browser (lynx, w3m) would otherwise hold the server's event loop
+        threading.Thread(target=webbrowser.open, args=(f"{url}/",), daemon=True).start()
+
+    try:
+        serve(engine, host="127.0.0.1", port=0, verbose=verbose, on_ready=ready)
+    finally:
+        engine.close()
 
 
 def _reply(conversation: Conversation, text: str, verbose: bool) -> None:

@@ -45,6 +45,7 @@ def serve(
         ranged("--stream-interval-ms", name="stream_interval_ms",
                help="Shortest time between streamed events; faster text is merged (0: an event per token)."),
     ] = 20,
+    no_web: Annotated[bool, typer.Option("--no-web", help="Do not serve the chat page at /.")] = False,
     ctx: Ctx = 4096,
     parallel: Parallel = 4,
     kv_type: KvType = "f16",
@@ -55,7 +56,7 @@ def serve(
     template: Template = None,
     verbose: Verbose = False,
 ) -> None:
-    """Serve MODEL over HTTP: /v1/chat/completions, /v1/completions, /v1/models and /health.
+    """Serve MODEL over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health and a chat page at /.
 
     Point any OpenAI client at the printed base URL (…/v1). Up to --parallel replies are decoded together; more
     requests wait their turn in arrival order.
@@ -77,8 +78,9 @@ def serve(
                      "use it")
 
     def ready(url: str) -> None:
-        stderr.print(f"serving {model_id or engine.path.stem} on {url}  (OpenAI base URL: {url}/v1; Ctrl-C stops)",
-                     markup=False, soft_wrap=True)
+        page = "" if no_web else f"; chat page: {url}/"
+        stderr.print(f"serving {model_id or engine.path.stem} on {url}  (OpenAI base URL: {url}/v1{page}; "
+                     "Ctrl-C stops)", markup=False, soft_wrap=True)
 
     try:
         serve_engine(
@@ -91,6 +93,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             max_tokens_cap=max_tokens_cap,
             stream_interval=stream_interval_ms / 1000,
+            web=not no_web,
             verbose=verbose,
             on_ready=ready,
             sock=sock,

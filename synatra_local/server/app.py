@@ -39,6 +39,7 @@ from .schemas import (
     error_body,
     param_path,
 )
+from .web import add_web, is_web_path
 
 if TYPE_CHECKING:
     from synatra_local.runtime.batching import TokenLogprob
@@ -66,11 +67,12 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
     stream_interval: float = DEFAULT_STREAM_INTERVAL,
+    web: bool = True,
 ) -> FastAPI:
     """The ASGI app serving `engine` as the one model `model_id`; run it with uvicorn (see `run.serve`).
 
     `stream_interval` (seconds) is the shortest time between two streamed events; text that comes faster is
-    merged into the next event (0: one event per piece the engine yields).
+    merged into the next event (0: one event per piece the engine yields). `web`: the chat page at `/` (web.py).
     """
     scheduler = Scheduler(engine)
     created = int(time.time())
@@ -88,6 +90,8 @@ def create_app(
         )
     _install_error_handlers(app)
     app.add_middleware(_LastResort)  # added last: the outermost of ours
+    if web:
+        add_web(app)
 
     def model_object() -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "synatra-local"}
@@ -562,7 +566,7 @@ class _LastResort:
 
 
 class _Guard:
-    """Pure ASGI middleware: `Authorization: Bearer KEY` (except /health) and the request body size cap."""
+    """Pure ASGI middleware: `Authorization: Bearer KEY` (except /health and the page) and the body size cap."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int) -> None:
         self.app = app
@@ -574,7 +578,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected is not None and scope["path"] not in OPEN_PATHS:
+        if self.expected is not None and scope["path"] not in OPEN_PATHS and not is_web_path(scope["path"]):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 message = "Invalid API key" if given else "Missing API key: send Authorization: Bearer KEY"

@@ -31,6 +31,7 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
     stream_interval: float = DEFAULT_STREAM_INTERVAL,
+    web: bool = True,
     verbose: bool = False,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
@@ -47,6 +48,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         max_tokens_cap=max_tokens_cap,
         stream_interval=stream_interval,
+        web=web,
     )
     sock = sock or bind(host, port)
     config = _config(app, verbose=verbose)
