@@ -59,10 +59,12 @@ def collect_imatrix(
     with WindowModel(model, n_ctx=n_ctx, n_batch=batch, n_threads=threads, observer=collector) as scored:
         windows = text_windows(scored.tokenize(text), n_ctx, chunks)
         progress.start(f"imatrix: {len(windows)} windows of {n_ctx} tokens", len(windows))
-        for window in windows:
-            scored.window_logits(window, 0, keep=False)
-            progress.advance(1)
-        progress.finish()
+        try:
+            for window in windows:
+                scored.window_logits(window, 0, keep=False)
+                progress.advance(1)
+        finally:
+            progress.finish()
     matrix = collector.matrix
     matrix.datasets = [dataset or "text"]
     matrix.chunk_count = len(windows)

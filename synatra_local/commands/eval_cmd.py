@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ._app import run_app, stderr
 from ._progress import CountingProgress
-from .options import Batch, ModelArg, Quiet, Threads, ranged
+from .options import Batch, ModelArg, Quiet, Threads, ranged, read_text_file
 
 if TYPE_CHECKING:
     from synatra_local.runtime.quality import QualityReport
@@ -44,7 +44,7 @@ def eval_command(
 
     model_path = resolve_model(model)
     ref_path = resolve_model(ref) if ref is not None else None
-    source = _read_text(text) if text is not None else None
+    source = read_text_file(text) if text is not None else None
     report = None
     try:
         for latest in score(
@@ -60,15 +60,6 @@ def eval_command(
         raise
     assert report is not None
     _show(report, as_json)
-
-
-def _read_text(path: Path) -> str:
-    from synatra_local.core.errors import SynatraError
-
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SynatraError(f"{path} is not UTF-8 text", fix="convert it to UTF-8") from exc
 
 
 def _show(report: QualityReport, as_json: bool) -> None:

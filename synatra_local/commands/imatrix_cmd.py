@@ -9,7 +9,7 @@ import typer
 
 from ._app import run_app
 from ._progress import CountingProgress
-from .options import Batch, Force, ModelArg, Quiet, Threads, ranged
+from .options import Batch, Force, ModelArg, Quiet, Threads, ranged, read_text_file
 
 app = typer.Typer(add_completion=False)
 
@@ -35,18 +35,12 @@ def imatrix(
     from synatra_local.convert.imatrix import collect_imatrix
     from synatra_local.convert.imatrix_file import write_imatrix
     from synatra_local.core.atomic import refuse_existing
-    from synatra_local.core.errors import SynatraError
     from synatra_local.runtime.store import resolve_model
 
     model_path = resolve_model(model)
     target = output or model_path.with_name(f"{model_path.stem}-imatrix.gguf")
     refuse_existing([target], force=force)
-    source = None
-    if text is not None:
-        try:
-            source = text.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise SynatraError(f"{text} is not UTF-8 text", fix="convert it to UTF-8") from exc
+    source = read_text_file(text) if text is not None else None
     matrix = collect_imatrix(
         model_path, text=source, dataset=text.name if text else None, n_ctx=ctx, chunks=chunks, batch=batch,
         threads=threads, progress=CountingProgress(not quiet),

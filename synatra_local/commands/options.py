@@ -84,3 +84,13 @@ RepeatPenalty = Annotated[
 ]
 Seed = Annotated[int | None, ranged("--seed", name="seed", help="Random seed; the same seed gives the same text.")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")]
+
+
+def read_text_file(path: Path) -> str:
+    """A `--text FILE` option's contents: UTF-8, or one error line saying it is not."""
+    from synatra_local.core.errors import SynatraError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SynatraError(f"{path} is not UTF-8 text", fix="convert it to UTF-8") from exc

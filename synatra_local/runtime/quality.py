@@ -141,8 +141,8 @@ def score(
             tally.add_window(scored.window_logits(window, first)[:-1], targets, ref_logits)
             progress.advance(1)
             yield tally.report(done, len(windows), n_ctx)
-        progress.finish()
     finally:
+        progress.finish()  # also on Ctrl-C: the bar stops before the figures so far are printed
         for opened_model in opened:
             opened_model.close()
 
