@@ -24,6 +24,7 @@ from synatra_local.convert.tiny import build_checkpoint
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.korean_text import calibration_text, eval_text
 from synatra_local.core.llama_backend import text_windows
+from synatra_local.runtime.limits import OptionError
 from synatra_local.runtime.quality import evaluate, log_softmax, score
 
 CTX, CHUNKS = 128, 4
@@ -199,3 +200,5 @@ def test_bad_input_is_one_error_line(
     assert "is not UTF-8" in capsys.readouterr().err
     assert eval_cmd.main([str(quantized), "--chunks", "0"]) == 1
     assert "--chunks must be" in capsys.readouterr().err
+    with pytest.raises(OptionError, match="batch must be"):
+        evaluate(quantized, batch=0)

@@ -21,6 +21,8 @@ from synatra_local.core.korean_text import eval_text
 from synatra_local.core.llama_backend import WindowModel, text_windows
 from synatra_local.core.progress import Progress, SilentProgress
 
+from . import limits
+
 _ROWS = 64  # log-softmax in blocks of rows: 64 x 152k vocabulary x 8 bytes stays near 80 MB
 
 
@@ -118,6 +120,8 @@ def score(
 
     Both models stay loaded and take turns on each window, so a stop at any point has comparable figures.
     """
+    for name, value in (("n_ctx", n_ctx), ("batch", batch), ("threads", threads), ("chunks", chunks)):
+        limits.check_optional(name, value)
     if n_ctx < 4:
         raise SynatraError(f"--ctx {n_ctx} leaves no token to score", fix="use --ctx 4 or more (512 is usual)")
     progress = progress or SilentProgress()
