@@ -13,7 +13,7 @@ from .checkpoint import open_checkpoint
 from .gguf_export import resolve_outtype, write_gguf
 from .hub import resolve_source
 from .naming import model_stem
-from .quantizer import DEFAULT_TYPES, output_name, parse_type, quantize_gguf, stem_of
+from .quantizer import DEFAULT_TYPES, check_imatrix_needed, output_name, parse_type, quantize_gguf, stem_of
 
 
 def convert(
@@ -44,21 +44,26 @@ def quantize(
     force: bool = False,
     revision: str | None = None,
     prompt_format: str | None = None,
+    imatrix: str | Path | None = None,
     progress: Progress | None = None,
 ) -> list[Path]:
     """Quantize a HF folder, repo id or unquantized GGUF into each of `types`; returns the files written.
 
     A checkpoint is converted once to an unquantized intermediate GGUF that every type is made from;
-    the intermediate is removed afterwards unless `keep_intermediate`.
+    the intermediate is removed afterwards unless `keep_intermediate`. `imatrix` is a matrix file or "auto"
+    (computed from the intermediate on the shipped Korean calibration text); the i-quants require one.
     """
     names = list(dict.fromkeys(parse_type(t)[0] for t in types))
     if not names:
         raise SynatraError("no quantization type given", fix="pass -q Q4_K_M (or another type)")
+    check_imatrix_needed(names, imatrix)
     output_dir = Path(output_dir)
     source_path = Path(str(source))
     if source_path.is_file():
         outputs = {t: output_dir / output_name(stem_of(source_path), t) for t in names}
-        return quantize_gguf(source_path, outputs, threads=threads, force=force, progress=progress)
+        return quantize_gguf(
+            source_path, outputs, threads=threads, force=force, imatrix=imatrix, progress=progress
+        )
 
     resolved = resolve_source(str(source), revision)
     checkpoint = open_checkpoint(resolved.folder, repo_id=resolved.repo_id, revision=resolved.revision)
@@ -79,7 +84,9 @@ def quantize(
             force=force or not keep,
             progress=progress,
         )
-        written = quantize_gguf(intermediate, outputs, threads=threads, force=force, progress=progress)
+        written = quantize_gguf(
+            intermediate, outputs, threads=threads, force=force, imatrix=imatrix, progress=progress
+        )
     finally:
         if not keep:
             with contextlib.suppress(FileNotFoundError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 from synatra_local.core import llama_backend
 from synatra_local.core.atomic import atomic_output, ensure_free_space, refuse_existing
@@ -35,8 +36,27 @@ _BITS_PER_WEIGHT = {
     "Q3_K_M": 3.9,
     "Q3_K_S": 3.5,
     "Q2_K": 3.4,
+    "Q2_K_S": 3.0,
+    "IQ4_XS": 4.3,
+    "IQ4_NL": 4.5,
+    "IQ3_M": 3.7,
+    "IQ3_S": 3.5,
+    "IQ3_XS": 3.3,
+    "IQ3_XXS": 3.1,
+    "IQ2_M": 2.7,
+    "IQ2_S": 2.5,
+    "IQ2_XS": 2.3,
+    "IQ2_XXS": 2.1,
+    "IQ1_M": 1.8,
+    "IQ1_S": 1.6,
 }
 _UNQUANTIZED = {"F32", "F16", "BF16"}
+IMATRIX_AUTO = "auto"
+
+
+def needs_imatrix(type_name: str) -> bool:
+    """The i-quants, and Q2_K_S, which llama.cpp refuses or makes badly without an importance matrix."""
+    return type_name.startswith("IQ") or type_name == "Q2_K_S"
 
 
 def file_types() -> dict[str, int]:
@@ -101,27 +121,81 @@ def quantize_gguf(
     *,
     threads: int | None = None,
     force: bool = False,
+    imatrix: str | Path | None = None,
     progress: Progress | None = None,
 ) -> list[Path]:
-    """Quantize one unquantized GGUF into each `{type name: output path}`; outputs appear whole or not at all."""
+    """Quantize one unquantized GGUF into each `{type name: output path}`; outputs appear whole or not at all.
+
+    `imatrix`: an importance-matrix file (GGUF or legacy .dat), or "auto" to compute one from `source` on the
+    shipped Korean calibration text first; the i-quants require one.
+    """
     progress = progress or SilentProgress()
     if not outputs:
         return []
+    check_imatrix_needed(list(outputs), imatrix)
     info = read_unquantized(source)
     refuse_existing(outputs.values(), force=force)
     estimates = {t: estimated_bytes(info.parameters, t) for t in outputs}
     needed = sum(int(size * 1.05) for size in estimates.values())
     ensure_free_space(next(iter(outputs.values())).parent, needed, what="the quantized files")
+    weights = _load_imatrix(source, imatrix, threads, progress) if imatrix is not None else None
     threads = threads or os.cpu_count() or 1
     written = []
     for type_name, path in outputs.items():
-        _quantize_one(source, path, parse_type(type_name)[1], threads, estimates[type_name], force, progress)
+        _quantize_one(
+            source, path, parse_type(type_name)[1], threads, estimates[type_name], force, progress, weights
+        )
         written.append(path)
     return written
 
 
+def check_imatrix_needed(type_names: list[str], imatrix: str | Path | None) -> None:
+    """Refuse the i-quants without a matrix, and a matrix file that is not there, before any work starts."""
+    if imatrix is not None and str(imatrix) != IMATRIX_AUTO and not Path(imatrix).is_file():
+        raise SynatraError(f"importance matrix {imatrix} does not exist",
+                           fix="make one with `synatra-local imatrix MODEL -o FILE`, or pass --imatrix auto")
+    wanting = [t for t in type_names if needs_imatrix(t)]
+    if wanting and imatrix is None:
+        raise SynatraError(
+            f"{', '.join(wanting)} needs an importance matrix",
+            fix="add --imatrix auto (computed on the shipped Korean calibration text) or --imatrix FILE",
+        )
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """An importance matrix as the quantizer takes it, and what the output records about it."""
+
+    means: dict[str, np.ndarray]
+    metadata: dict[str, str | int]
+
+
+def _load_imatrix(source: Path, imatrix: str | Path, threads: int | None, progress: Progress) -> _Weights:
+    from .imatrix import collect_imatrix
+    from .imatrix_file import read_imatrix
+
+    if str(imatrix) == IMATRIX_AUTO:
+        matrix, label = collect_imatrix(source, threads=threads, progress=progress), IMATRIX_AUTO
+    else:
+        matrix, label = read_imatrix(Path(imatrix)), Path(imatrix).name
+    metadata: dict[str, str | int] = {"quantize.imatrix.file": label}
+    if matrix.datasets:
+        metadata["quantize.imatrix.dataset"] = matrix.datasets[0]
+    metadata["quantize.imatrix.entries_count"] = len(matrix.sums)
+    if matrix.chunk_count > 0:
+        metadata["quantize.imatrix.chunks_count"] = matrix.chunk_count
+    return _Weights(matrix.means(), metadata)
+
+
 def _quantize_one(
-    source: Path, path: Path, ftype: int, threads: int, estimate: int, force: bool, progress: Progress
+    source: Path,
+    path: Path,
+    ftype: int,
+    threads: int,
+    estimate: int,
+    force: bool,
+    progress: Progress,
+    weights: _Weights | None = None,
 ) -> None:
     """One output, with the bytes written so far (against the estimated size) as progress."""
     progress.start(f"quantize → {path.name}", estimate)
@@ -135,6 +209,11 @@ def _quantize_one(
             shown += step
 
     with atomic_output(path, force=force) as partial:
-        llama_backend.quantize(source, partial, ftype, threads, on_written=advance)
+        if weights is None:
+            llama_backend.quantize(source, partial, ftype, threads, on_written=advance)
+        else:
+            llama_backend.quantize_with_imatrix(
+                source, partial, ftype, threads, weights.means, weights.metadata, on_written=advance
+            )
     advance(estimate)
     progress.finish()

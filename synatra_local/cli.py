@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "convert": "Convert a Hugging Face checkpoint (folder or repo id) to one GGUF file.",
     "quantize": "Quantize a checkpoint or unquantized GGUF (default Q4_K_M and Q8_0).",
+    "eval": "Perplexity and KL-divergence from a reference on Korean text (as llama-perplexity).",
+    "imatrix": "Compute an importance matrix on Korean calibration text (for IQ quantizations).",
     "inspect": "Describe a GGUF file: architecture, size, tensor types, template, license.",
     "run": "Answer one prompt, streamed to stdout.",
     "chat": "Chat with a model in the terminal.",

@@ -25,8 +25,15 @@ def _rope(x: np.ndarray, theta: float) -> np.ndarray:
     return x * cos + rotated * sin
 
 
-def mistral_logits(weights: dict[str, np.ndarray], config: dict, tokens: list[int]) -> np.ndarray:
-    """Logits [len(tokens), vocab] of a causal Mistral/Llama model, computed in float64."""
+def mistral_logits(
+    weights: dict[str, np.ndarray], config: dict, tokens: list[int], inputs: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Logits [len(tokens), vocab] of a causal Mistral/Llama model, computed in float64.
+
+    `inputs`, when given, receives the activations [len(tokens), columns] entering each block's weight matrix,
+    under llama.cpp's tensor names (blk.0.attn_q.weight, ...), for importance-matrix checks.
+    """
+    record = inputs if inputs is not None else {}
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     n_heads = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads", n_heads)
@@ -40,6 +47,8 @@ def mistral_logits(weights: dict[str, np.ndarray], config: dict, tokens: list[in
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = _rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        for name in ("attn_q", "attn_k", "attn_v"):
+            record[f"blk.{i}.{name}.weight"] = h
         q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(seq, n_heads, head_dim)
         k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(seq, n_kv, head_dim)
         v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(seq, n_kv, head_dim)
@@ -51,10 +60,13 @@ def mistral_logits(weights: dict[str, np.ndarray], config: dict, tokens: list[in
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs = scores / scores.sum(axis=-1, keepdims=True)
         attn = np.einsum("hqk,khd->qhd", probs, v).reshape(seq, n_heads * head_dim)
+        record[f"blk.{i}.attn_output.weight"] = attn
         x = x + attn @ w[p + "self_attn.o_proj.weight"].T
         h = _rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        record[f"blk.{i}.ffn_gate.weight"] = record[f"blk.{i}.ffn_up.weight"] = h
         gate = h @ w[p + "mlp.gate_proj.weight"].T
         up = h @ w[p + "mlp.up_proj.weight"].T
-        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
+        record[f"blk.{i}.ffn_down.weight"] = gate / (1.0 + np.exp(-gate)) * up
+        x = x + record[f"blk.{i}.ffn_down.weight"] @ w[p + "mlp.down_proj.weight"].T
     x = _rms_norm(x, w["model.norm.weight"], eps)
     return x @ w["lm_head.weight"].T

@@ -5,11 +5,13 @@ from __future__ import annotations
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
@@ -46,3 +48,16 @@ class TerminalProgress:
             self._bar.stop()
         self._bar = None
         self._task = None
+
+
+class CountingProgress(TerminalProgress):
+    """A bar counted in steps (windows, chunks), not bytes."""
+
+    def start(self, description: str, total: int | None) -> None:
+        self.finish()
+        if not self._enabled:
+            return
+        columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn()]
+        self._bar = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)

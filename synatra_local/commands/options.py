@@ -100,3 +100,13 @@ JsonSchema = Annotated[
     Path | None,
     typer.Option("--json-schema", help="Reply with JSON valid against the JSON Schema in this file (implies --json)."),
 ]
+
+
+def read_text_file(path: Path) -> str:
+    """A `--text FILE` option's contents: UTF-8, or one error line saying it is not."""
+    from synatra_local.core.errors import SynatraError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SynatraError(f"{path} is not UTF-8 text", fix="convert it to UTF-8") from exc

@@ -30,6 +30,14 @@ def quantize(
     ] = False,
     revision: Revision = None,
     prompt_format: PromptFormat = None,
+    imatrix: Annotated[
+        str | None,
+        typer.Option(
+            "--imatrix",
+            help="Importance matrix: a file from `synatra-local imatrix` or llama-imatrix (GGUF or .dat), or auto "
+            "(computed on the shipped Korean calibration text). Required by the IQ types.",
+        ),
+    ] = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
@@ -46,6 +54,7 @@ def quantize(
         force=force,
         revision=revision,
         prompt_format=prompt_format,
+        imatrix=imatrix,
         progress=TerminalProgress(not quiet),
     )
     for path in paths:

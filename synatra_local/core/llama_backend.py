@@ -643,3 +643,296 @@ def json_schema_to_gbnf(schema_json: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
 
     return convert(schema_json)
+
+
+# ================================================================================================================
+# Quality (issue 11): whole-window logits for `eval`, the activations entering each weight matrix for `imatrix`,
+# and llama.cpp's quantizer with an importance matrix. A separate section on purpose: it uses llama.cpp's low-level
+# API directly (its own model and context) and shares only the log callback and the error list with the code above.
+# ================================================================================================================
+
+# (weight name, src0's ne[2] and ne[3], activations [ne3, ne2, ne1, ne0] float32): one matrix multiplication's input.
+MatmulObserver = Callable[[str, tuple[int, int], np.ndarray], None]
+
+_GGML_TYPE_F32 = 0
+_UBATCH = 512  # llama.cpp's default micro-batch (common.h), which llama-perplexity and llama-imatrix run with
+
+
+class _GGMLTensor(ctypes.Structure):
+    """`struct ggml_tensor` (ggml.h) as far as the evaluation callback reads it."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+@functools.cache
+def _ggml_tensor_api() -> ctypes.CDLL:
+    """libggml-base's tensor helpers the evaluation callback needs (op names, sizes, copying out of any backend)."""
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_op_name.restype, lib.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
+    lib.ggml_nbytes.restype, lib.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    return lib
+
+
+@functools.cache
+def _op_name(op: int) -> str:
+    return (_ggml_tensor_api().ggml_op_name(op) or b"").decode()
+
+
+def _weight_name(raw: bytes) -> str:
+    """`CUDA0#blk.0.attn_k.weight#0` → `blk.0.attn_k.weight` (the scheduler's copies carry prefixes)."""
+    name = raw.decode("utf-8", errors="replace")
+    if "#" in name:
+        name = name.split("#")[1]
+    return name
+
+
+class _MatmulTap:
+    """The context's evaluation callback: asks for the matrix multiplications llama-imatrix collects and hands each
+    one's input activations to an observer. Errors are kept and re-raised after the decode they stopped."""
+
+    def __init__(self, observer: MatmulObserver) -> None:
+        self.observer = observer
+        self.error: BaseException | None = None
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._call)
+
+    def _call(self, tensor_p: int, ask: bool, user_data: int) -> bool:
+        try:
+            return self._handle(_GGMLTensor.from_address(tensor_p), tensor_p, ask)
+        except BaseException as exc:  # an exception must not cross into C: stop the graph and report it after
+            self.error = exc
+            return False
+
+    def _handle(self, t: _GGMLTensor, tensor_p: int, ask: bool) -> bool:
+        op = _op_name(t.op)
+        src0 = _GGMLTensor.from_address(t.src[0]) if t.src[0] else None
+        src1 = _GGMLTensor.from_address(t.src[1]) if t.src[1] else None
+        if src0 is None or src1 is None:
+            return not ask
+        name = _weight_name(src0.name)
+        if ask:  # llama-imatrix's rule: every MUL_MAT_ID; MUL_MAT on F32 input of 16+ rows into a block's weight
+            if op == "MUL_MAT_ID":
+                return True
+            return op == "MUL_MAT" and src1.ne[1] >= 16 and src1.type == _GGML_TYPE_F32 and name.startswith("blk.")
+        if op == "MUL_MAT_ID":
+            raise SynatraError(
+                f"{name} is a mixture-of-experts weight; importance matrices of such models are not supported yet",
+                fix="use llama.cpp's llama-imatrix for mixture-of-experts models",
+            )
+        if src1.nb[0] != 4:
+            raise SynatraError(f"unexpected activation layout for {name}", fix="report this model")
+        api = _ggml_tensor_api()
+        raw = np.empty(api.ggml_nbytes(t.src[1]), dtype=np.uint8)  # copied out, wherever the backend keeps it
+        api.ggml_backend_tensor_get(t.src[1], raw.ctypes.data, 0, raw.nbytes)
+        shape = (src1.ne[3], src1.ne[2], src1.ne[1], src1.ne[0])
+        strides = (src1.nb[3], src1.nb[2], src1.nb[1], src1.nb[0])
+        activations = np.lib.stride_tricks.as_strided(raw.view(np.float32), shape=shape, strides=strides)
+        self.observer(name, (int(src0.ne[2]), int(src0.ne[3])), activations)
+        return True
+
+
+def text_windows(tokens: list[int], n_ctx: int, chunks: int | None = None) -> list[list[int]]:
+    """llama-perplexity's and llama-imatrix's windows: `len(tokens) // n_ctx` (at most `chunks`), non-overlapping;
+    like them, refused for a text of fewer than two windows."""
+    if len(tokens) < 2 * n_ctx:
+        raise SynatraError(
+            f"the text has {len(tokens)} tokens; windows of {n_ctx} need at least {2 * n_ctx}",
+            fix="use a smaller --ctx or a longer --text",
+        )
+    count = len(tokens) // n_ctx if chunks is None else min(len(tokens) // n_ctx, chunks)
+    return [tokens[i * n_ctx : (i + 1) * n_ctx] for i in range(count)]
+
+
+class WindowModel:
+    """A model scored the way llama-perplexity and llama-imatrix score text: one sequence at a time, the KV cache
+    cleared before each window, its first token replaced by BOS (when the vocabulary adds one), and logits kept for
+    the positions asked for. With an `observer`, every qualifying matrix multiplication's input is handed to it."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        observer: MatmulObserver | None = None,
+    ) -> None:
+        _recent_errors.clear()
+        n_threads = n_threads or physical_cores()
+        self.n_window = n_ctx
+        self.n_batch = min(n_batch, n_ctx)
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        with _loading:
+            self._model = llama_cpp.llama_model_load_from_file(os.fsencode(path), model_params)
+        if not self._model:
+            detail = "; ".join(_recent_errors) or "llama.cpp could not read it"
+            raise ModelFileError(f"llama.cpp could not load {path}: {detail}", fix="re-convert or re-download it")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._tap = _MatmulTap(observer) if observer is not None else None
+        self._threads = n_threads
+        self._ctx: llama_cpp.llama_context_p | None = None  # made at the first window
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+
+    def _context(self) -> llama_cpp.llama_context_p:
+        if self._ctx is None:
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = self.n_window
+            params.n_batch = self.n_batch
+            params.n_ubatch = min(self.n_batch, _UBATCH)
+            params.n_seq_max = 1
+            params.n_threads = params.n_threads_batch = self._threads
+            params.no_perf = True
+            if self._tap is not None:
+                params.cb_eval = self._tap.callback
+                params.cb_eval_user_data = None
+            ctx = llama_cpp.llama_init_from_model(self._model, params)
+            if not ctx:
+                detail = "; ".join(_recent_errors) or "out of memory?"
+                raise SynatraError(f"llama.cpp could not create a {self.n_window}-token context: {detail}",
+                                   fix="use a smaller --ctx")
+            self._ctx = ctx
+            self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        return self._ctx
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    @property
+    def bos_id(self) -> int:
+        return int(llama_cpp.llama_vocab_bos(self._vocab))
+
+    def tokenize(self, text: str) -> list[int]:
+        """The whole text as llama-perplexity reads it: BOS (if the vocabulary adds one), special strings as text."""
+        data = text.encode("utf-8")
+        size = len(data) + 2
+        buffer = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, size, True, False)
+        if n < 0:
+            size = -n
+            buffer = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, size, True, False)
+        return list(buffer[:n])
+
+    def window_logits(self, tokens: list[int], first: int, *, keep: bool = True) -> np.ndarray:
+        """Logits [len(tokens) - first, n_vocab] of positions first … end, after evaluating `tokens` from an empty
+        cache with the first token replaced by BOS. `keep=False` still has llama.cpp compute those positions' outputs
+        (llama-imatrix asks for all of them, so the last layer sees every token) but returns none."""
+        if not 0 < len(tokens) <= self.n_window:
+            raise ValueError(f"a window holds 1 … {self.n_window} tokens, not {len(tokens)}")
+        tokens = list(tokens)
+        if self.adds_bos:
+            tokens[0] = self.bos_id
+        ctx = self._context()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        rows: list[np.ndarray] = []
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            outputs = 0
+            for k, token in enumerate(chunk):
+                pos = start + k
+                batch.token[k] = token
+                batch.pos[k] = pos
+                batch.n_seq_id[k] = 1
+                batch.seq_id[k][0] = 0
+                batch.logits[k] = pos >= first
+                outputs += pos >= first
+            batch.n_tokens = len(chunk)
+            status = llama_cpp.llama_decode(ctx, batch)
+            if self._tap is not None and self._tap.error is not None:
+                error, self._tap.error = self._tap.error, None
+                raise error
+            if status != 0:
+                detail = "; ".join(_recent_errors) or f"status {status}"
+                raise SynatraError(f"llama.cpp could not evaluate the text: {detail}", fix="try a smaller --batch")
+            if outputs and keep:
+                pointer = llama_cpp.llama_get_logits(ctx)
+                rows.append(np.ctypeslib.as_array(pointer, shape=(outputs, self.n_vocab)).copy())
+        if not rows:  # nothing kept
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> WindowModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def quantize_with_imatrix(
+    source: Path,
+    output: Path,
+    ftype: int,
+    threads: int,
+    imatrix: dict[str, np.ndarray],
+    metadata: dict[str, str | int],
+    on_written: Callable[[int], None] | None = None,
+) -> None:
+    """llama.cpp's quantizer with an importance matrix ({weight name: mean squared activation per column}), as
+    llama-quantize --imatrix passes it; `metadata` is recorded in the output (quantize.imatrix.file, …)."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = ftype
+    names = [name.encode() for name in imatrix]
+    arrays = [np.ascontiguousarray(values, dtype=np.float32) for values in imatrix.values()]
+    entries = (llama_cpp.llama_model_imatrix_data * (len(arrays) + 1))()  # ends with a null entry
+    for entry, name, values in zip(entries[:-1], names, arrays, strict=True):
+        entry.name = name
+        entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entry.size = values.size
+    params.imatrix = entries
+    overrides = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()  # ends with an empty key
+    for override, (key, value) in zip(overrides[:-1], metadata.items(), strict=True):
+        override.key = key.encode()
+        if isinstance(value, int):
+            override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            override.value.val_i64 = value
+        else:
+            override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            override.value.val_str = value.encode()[:127]
+    params.kv_overrides = overrides
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(
+            llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(output), ctypes.byref(params))
+        ),
+        daemon=True,
+    )
+    _recent_errors.clear()
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+        if on_written is not None and output.exists():
+            on_written(output.stat().st_size)
+    if not result or result[0] != 0:
+        detail = "; ".join(_recent_errors) or "llama.cpp reported a failure"
+        raise SynatraError(f"quantizing {source} with an importance matrix failed: {detail}",
+                           fix="make the matrix from this model (synatra-local imatrix) or use --imatrix auto")

@@ -55,6 +55,7 @@ RANGES: dict[str, Range] = {
     "n_ctx": Range(1, 1 << 20, True, note="llama.cpp rounds it up to a multiple of 256"),
     "batch": Range(1, 1 << 16, True),
     "threads": Range(1, 512, True),
+    "chunks": Range(1, 1 << 20, True),
     "max_tokens": Range(1, 1 << 20, True),
     "temperature": Range(0, 2, False, note="0 = greedy"),
     "top_p": Range(0, 1, False),
