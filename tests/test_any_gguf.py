@@ -164,10 +164,12 @@ def _greedy_pair(path: Path, fmt: str) -> tuple[Engine, list[int], str, str]:
     try:
         assert chat_engine.template.name == fmt
         expected_tokens = raw_engine._model.tokenize(HAND_WRITTEN[fmt], add_bos=True, special=True)
-        reply = chat_engine.chat(MESSAGES, GREEDY).text
+        reply = chat_engine.chat(MESSAGES, GREEDY)
         with raw_engine.complete(HAND_WRITTEN[fmt], GREEDY) as generation:
             raw = "".join(generation)
-        return chat_engine, expected_tokens, reply, raw
+        assert reply.tokens == generation.tokens, "the same greedy tokens as the right prompt sent raw"
+        # a raw completion continues the prompt's text, so it keeps a leading space a chat reply drops
+        return chat_engine, expected_tokens, reply.text, raw.removeprefix(" ")
     finally:
         raw_engine.close()
 
