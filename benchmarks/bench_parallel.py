@@ -69,10 +69,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_ours(model: Path, parallel: int, threads: int, ctx: int) -> tuple[subprocess.Popen, str]:
+def start_ours(
+    model: Path, parallel: int, threads: int, ctx: int, interval_ms: float = 0
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [sys.executable, "-m", "synatra_local", "serve", str(model), "--port", str(port), "--ctx", str(ctx),
-            "--parallel", str(parallel), "--threads", str(threads), "--stream-interval-ms", "0"]
+            "--parallel", str(parallel), "--threads", str(threads), "--stream-interval-ms", str(interval_ms)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_for(process, url)
@@ -158,6 +160,9 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--clients", default="1,2,4,8")
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--stream-interval-ms", type=float, default=0,
+                        help="ours: shortest time between events (0, the strictest, as llama-server streams)")
+    parser.add_argument("--skip-costs", action="store_true", help="only the servers")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
@@ -167,8 +172,8 @@ def main() -> None:
         n, threads, ctx = args.parallel, args.threads, args.ctx
         servers = {
             f"llama-server -np {n}": lambda: start_llama_server(model, n, threads, ctx),
-            f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx),
-            "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx),
+            f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx, args.stream_interval_ms),
+            "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx, args.stream_interval_ms),
         }
         table: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in servers}
         for name, start in servers.items():
@@ -195,6 +200,8 @@ def main() -> None:
             print("\nours / llama-server: " + ", ".join(
                 f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, {ours[c][1] / reference[c][1]:.2f}× TTFT"
                 for c in counts))
+        if args.skip_costs:
+            return
         costs = engine_costs(model, args.threads, args.tokens)
         print(f"\nengine decode, one stream: plain {costs['plain']:.1f} tok/s, JSON schema {costs['json_schema']:.1f} "
               f"({costs['json_schema'] / costs['plain']:.2f}×), logprobs (20) {costs['logprobs']:.1f} "
