@@ -194,6 +194,8 @@ def main() -> None:
             cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
                             for c in counts)
             print(f"{name:<26}{cells}")
+        print("tokens generated: " + "; ".join(
+            f"{name}: " + ", ".join(str(row[c][2]) for c in counts if c in row) for name, row in table.items()))
         reference = table[f"llama-server -np {args.parallel}"]
         ours = table[f"serve --parallel {args.parallel}"]
         if reference and ours:
