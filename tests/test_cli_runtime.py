@@ -98,6 +98,8 @@ def launched(tiny_gguf_v01: Path, work: Path) -> Iterator[Launched]:
     procs.start("run_a", ["run", model, "안녕", "-n", "8", "--seed", "1"])
     procs.start("run_b", ["run", model, "안녕", "-n", "8", "--seed", "1"])
     procs.start("run_no_repack", ["run", model, "안녕", "-n", "8", "--seed", "1", "--no-repack"])
+    procs.start("run_kv_q8", ["run", model, "안녕", "-n", "8", "--seed", "1", "--kv-type", "q8_0", "--verbose"])
+    procs.start("run_kv_bad", ["run", model, "안녕", "-n", "8", "--kv-type", "q5_1"])
     procs.start("run_stdin", ["run", model, "-", "-n", "8", "--seed", "1"], stdin="안녕")
     procs.start("run_stdin_newline", ["run", model, "-", "-n", "8", "--seed", "1"], stdin="안녕\n")
     procs.start("run_verbose", ["run", model, "안녕", "-n", "8", "--seed", "1", "--verbose"])
@@ -220,6 +222,14 @@ def test_run_no_repack_gives_the_same_reply(launched: Launched) -> None:
     a, plain = launched.result("run_a"), launched.result("run_no_repack")
     assert plain.rc == 0, plain.err
     assert plain.out == a.out
+
+
+def test_run_kv_type(launched: Launched) -> None:
+    quantized, bad = launched.result("run_kv_q8"), launched.result("run_kv_bad")
+    assert quantized.rc == 0 and quantized.out.strip(), quantized.err
+    assert "KV cache: 1 sequence × " in quantized.err and ", q8_0, " in quantized.err
+    assert bad.rc == 1 and "Traceback" not in bad.err
+    assert bad.err.startswith("error: unknown KV cache type 'q5_1'") and "fix: choose one of f16, q8_0, q4_0" in bad.err
 
 
 def test_run_ctrl_c_exits_130_without_traceback(launched: Launched, tiny_gguf_v01: Path) -> None:

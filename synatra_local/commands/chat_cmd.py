@@ -19,6 +19,7 @@ from .options import (
     GpuLayers,
     Json,
     JsonSchema,
+    KvType,
     MaxTokens,
     MinP,
     ModelArg,
@@ -67,6 +68,7 @@ def chat(
     gpu_layers: GpuLayers = "auto",
     batch: Batch = 512,
     no_repack: NoRepack = False,
+    kv_type: KvType = "f16",
     verbose: Verbose = False,
     web: Annotated[
         bool, typer.Option("--web", help="Chat in the browser instead: serve the chat page on a free loopback port "
@@ -80,7 +82,7 @@ def chat(
     if web:
         import synatra_local.server  # noqa: F401  (without the `server` extra: one error now, before the load)
     engine = load_engine(model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose,
-                         batch=batch, no_repack=no_repack)
+                         batch=batch, no_repack=no_repack, kv_type=kv_type)
     if web:
         _chat_in_browser(engine, verbose)
         return

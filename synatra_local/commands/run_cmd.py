@@ -15,6 +15,7 @@ from .options import (
     GpuLayers,
     Json,
     JsonSchema,
+    KvType,
     MaxTokens,
     MinP,
     ModelArg,
@@ -55,6 +56,7 @@ def run(
     gpu_layers: GpuLayers = "auto",
     batch: Batch = 512,
     no_repack: NoRepack = False,
+    kv_type: KvType = "f16",
     verbose: Verbose = False,
 ) -> None:
     """Answer one prompt with the model's own chat template; the reply streams to stdout."""
@@ -62,7 +64,7 @@ def run(
     text = sys.stdin.read().rstrip("\n") if prompt == "-" else prompt
     engine = load_engine(
         model, ctx=ctx, threads=threads, gpu_layers=gpu_layers, template=template, verbose=verbose, batch=batch,
-        no_repack=no_repack, conversation=False,
+        no_repack=no_repack, conversation=False, kv_type=kv_type,
     )
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     options = generation_options(
