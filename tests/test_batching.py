@@ -104,6 +104,19 @@ def test_cancelling_one_leaves_the_others_whole(parallel: Engine) -> None:
     assert [results[i] for i in range(3)] == alone
 
 
+def test_a_reader_that_stops_early_frees_its_sequence(tiny_gguf_v01: Path) -> None:
+    engine = Engine(tiny_gguf_v01, n_ctx=256, busy="error")
+    try:
+        generation = engine.stream(_messages("하나"), GenerationOptions(max_tokens=200, seed=1))
+        for _ in generation:
+            break  # the iterator is dropped without close()
+        assert engine.wait_idle(10)
+        assert generation.stats.stop_reason == "cancelled"
+        assert engine.chat(_messages("둘"), GenerationOptions(max_tokens=3, seed=1)).stats.generated_tokens == 3
+    finally:
+        engine.close()
+
+
 def test_busy_error_refuses_only_when_every_sequence_is_taken(tiny_gguf_v01: Path) -> None:
     engine = Engine(tiny_gguf_v01, n_ctx=256, parallel=2, busy="error")
     try:

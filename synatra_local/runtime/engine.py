@@ -279,16 +279,20 @@ class Generation:
     def __iter__(self) -> Iterator[str]:
         pieces: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.start(lambda text, logprobs: pieces.put(text), lambda error: pieces.put((_END, error)))
-        while True:
-            item = pieces.get()
-            if isinstance(item, tuple):
-                if item[1] is not None:
-                    raise item[1]
-                return
-            assert isinstance(item, str)
-            if item:
-                self.text += item
-                yield item
+        try:
+            while True:
+                item = pieces.get()
+                if isinstance(item, tuple):
+                    if item[1] is not None:
+                        raise item[1]
+                    return
+                assert isinstance(item, str)
+                if item:
+                    self.text += item
+                    yield item
+        finally:  # a reader that stops early (break, an exception, the iterator dropped) frees the sequence
+            if not self._done.is_set():
+                self.cancel()
 
     def cancel(self) -> None:
         self._job.cancel()
