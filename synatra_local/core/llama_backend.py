@@ -112,6 +112,18 @@ def quantize(
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
     params.ftype = ftype
+    if (detail := _run_quantize(source, output, params, on_written)) is not None:
+        raise SynatraError(
+            f"quantizing {source} failed: {detail}", fix="check that it is an unquantized GGUF"
+        )
+
+
+def _run_quantize(
+    source: Path, output: Path, params: llama_cpp.llama_model_quantize_params,
+    on_written: Callable[[int], None] | None,
+) -> str | None:
+    """`llama_model_quantize` in a thread so Ctrl-C stays responsive, reporting the output's size five times a
+    second (llama.cpp reports no progress); None on success, else llama.cpp's reason."""
     result: list[int] = []
     worker = threading.Thread(
         target=lambda: result.append(
@@ -125,11 +137,9 @@ def quantize(
         worker.join(0.2)
         if on_written is not None and output.exists():
             on_written(output.stat().st_size)
-    if not result or result[0] != 0:
-        detail = "; ".join(_recent_errors) or "llama.cpp reported a failure"
-        raise SynatraError(
-            f"quantizing {source} failed: {detail}", fix="check that it is an unquantized GGUF"
-        )
+    if result and result[0] == 0:
+        return None
+    return "; ".join(_recent_errors) or "llama.cpp reported a failure"
 
 
 @dataclass(frozen=True)
@@ -919,20 +929,6 @@ def quantize_with_imatrix(
             override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
             override.value.val_str = value.encode()[:127]
     params.kv_overrides = overrides
-    result: list[int] = []
-    worker = threading.Thread(
-        target=lambda: result.append(
-            llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(output), ctypes.byref(params))
-        ),
-        daemon=True,
-    )
-    _recent_errors.clear()
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.2)
-        if on_written is not None and output.exists():
-            on_written(output.stat().st_size)
-    if not result or result[0] != 0:
-        detail = "; ".join(_recent_errors) or "llama.cpp reported a failure"
+    if (detail := _run_quantize(source, output, params, on_written)) is not None:
         raise SynatraError(f"quantizing {source} with an importance matrix failed: {detail}",
                            fix="make the matrix from this model (synatra-local imatrix) or use --imatrix auto")
