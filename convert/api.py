@@ -82,6 +82,7 @@ def quantize(
             outtype=outtype.lower(),
             prompt_format=prompt_format,
             force=force or not keep,
+            durable=keep,
             progress=progress,
         )
         written = quantize_gguf(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ from synatra_local.core.model_meta import (
 from synatra_local.core.progress import Progress, SilentProgress
 
 from .checkpoint import Checkpoint, HyperParameters
+from .file_ranges import SourceFiles, copy_range, read_array
 from .naming import model_display_name
 from .prompt_format import resolve_prompt_format
-from .tensors import SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
+from .tensors import NUMPY_STORAGE, SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
 from .vocab import Vocabulary, load_vocabulary
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
@@ -104,9 +106,13 @@ def write_gguf(
     outtype: str = "auto",
     prompt_format: str | None = None,
     force: bool = False,
+    durable: bool = True,
     progress: Progress | None = None,
 ) -> Path:
-    """Convert `checkpoint` into `output`, atomically; returns the path written."""
+    """Convert `checkpoint` into `output`, atomically; returns the path written.
+
+    `durable=False` skips the closing fsync, for an intermediate file that is deleted once quantized.
+    """
     progress = progress or SilentProgress()
     outtype = resolve_outtype(outtype, checkpoint)
     plan = plan_tensors(checkpoint, outtype)
@@ -126,12 +132,14 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         progress.start(f"convert → {output.name}", data_bytes)
-        for t in plan:
-            writer.write_tensor_data(_StreamedTensor(t, progress))
+        with SourceFiles() as files:
+            for t in plan:
+                writer.write_tensor_data(_StreamedTensor(t, files, progress))
         assert writer.fout is not None
         for f in writer.fout:
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         writer.close()
         progress.finish()
     return output
@@ -178,55 +186,87 @@ def _add_metadata(
 
 
 class _StreamedTensor:
-    """Looks enough like an ndarray for GGUFWriter.write_tensor_data, but converts and writes in chunks."""
+    """Looks enough like an ndarray for GGUFWriter.write_tensor_data, but writes itself in chunks."""
 
-    def __init__(self, planned: PlannedTensor, progress: Progress) -> None:
+    def __init__(self, planned: PlannedTensor, files: SourceFiles, progress: Progress) -> None:
         self.planned = planned
+        self.files = files
         self.progress = progress
         self.nbytes = planned.nbytes
         self.shape = planned.shape
 
     def tofile(self, fout: BinaryIO) -> None:
-        written = 0
-        for chunk in _converted_chunks(self.planned):
+        _write_tensor(self.planned, fout, self.files, self.progress)
+
+
+def _write_tensor(t: PlannedTensor, fout: BinaryIO, files: SourceFiles, progress: Progress) -> None:
+    """One tensor at the output's position: copied by the kernel when unchanged, else converted in row blocks."""
+    try:
+        if _unchanged(t):
+            assert t.source.offset is not None
+            fout.flush()
+            start = fout.tell()
+            copy_range(files.fd(t.source.file), t.source.offset, fout.fileno(), start, t.nbytes, progress.advance)
+            fout.seek(start + t.nbytes)
+            return
+        for chunk in _converted_chunks(t, files):
             fout.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
-            written += chunk.nbytes
-            self.progress.advance(chunk.nbytes)
-        if written != self.nbytes:
-            raise CheckpointError(
-                f"{self.planned.source.file}: tensor {self.planned.source.name} gave {written} bytes, "
-                f"expected {self.nbytes}",
-                fix="re-download this file; it may be truncated",
-            )
+            progress.advance(chunk.nbytes)
+    except EOFError as exc:
+        raise CheckpointError(
+            f"{t.source.file}: tensor {t.source.name} is cut short ({exc})",
+            fix="re-download this file; it may be truncated",
+        ) from None
 
 
-def _converted_chunks(t: PlannedTensor) -> Iterator[np.ndarray]:
+def _unchanged(t: PlannedTensor) -> bool:
+    """The output bytes are the checkpoint's bytes: same type, no q/k reordering, stored contiguously."""
+    same = {"F16": _GGML.F16, "F32": _GGML.F32, "BF16": _GGML.BF16}.get(t.source.dtype) == t.ggml_type
+    return same and not t.permute_heads and t.source.offset is not None
+
+
+def _converted_chunks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarray]:
     """Row blocks of the output tensor, each already permuted and converted to the output type."""
+    rows = t.shape[0]
+    row_elems = math.prod(t.shape[1:])
+    storage = NUMPY_STORAGE[t.source.dtype]
+    step = max(1, CHUNK_BYTES // max(row_elems * storage.itemsize, 1))
+    if t.permute_heads:
+        head_rows = rows // t.permute_heads
+        step = max(head_rows, step - step % head_rows)
+    mapped = None if t.source.offset is not None else _mapped(t)
+    for start in range(0, rows, step):
+        count = min(step, rows - start)
+        if mapped is None:
+            assert t.source.offset is not None
+            block_offset = t.source.offset + start * row_elems * storage.itemsize
+            try:
+                block = read_array(files.fd(t.source.file), block_offset, storage, (count, *t.shape[1:]))
+            except OSError as exc:
+                raise _unreadable(t, exc) from exc
+        else:
+            block = mapped[start : start + count]
+        if t.permute_heads:
+            block = _permute_rows(block, count // (rows // t.permute_heads))
+        yield _convert(block, t.source.dtype, t.ggml_type)
+
+
+def _mapped(t: PlannedTensor) -> np.ndarray:
+    """A strided tensor's memory-mapped view (torch stores some as views of a larger storage)."""
     try:
         data = t.source.load()
     except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{t.source.file}: cannot read {t.source.name} ({exc})", fix="re-download it"
-        ) from exc
+        raise _unreadable(t, exc) from exc
     if data.shape != t.shape:
         raise CheckpointError(
             f"{t.source.file}: tensor {t.source.name} has shape {data.shape}, header says {t.shape}",
             fix="re-download this file",
         )
-    if data.ndim == 1:
-        yield _convert(data, t.source.dtype, t.ggml_type)
-        return
-    rows = data.shape[0]
-    row_bytes = max(1, data.nbytes // max(rows, 1))
-    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    if t.permute_heads:
-        head_rows = rows // t.permute_heads
-        step = max(head_rows, step - step % head_rows)
-    for start in range(0, rows, step):
-        block = data[start : start + step]
-        if t.permute_heads:
-            block = _permute_rows(block, block.shape[0] // (rows // t.permute_heads))
-        yield _convert(block, t.source.dtype, t.ggml_type)
+    return data
+
+
+def _unreadable(t: PlannedTensor, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{t.source.file}: cannot read {t.source.name} ({exc})", fix="re-download it")
 
 
 def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:

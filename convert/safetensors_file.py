@@ -103,7 +103,7 @@ def read_safetensors(path: Path) -> dict[str, SourceTensor]:
     tensors = {}
     for begin, name, dtype, shape in entries:
         load = contiguous_loader(fmap, data_start + begin, dtype, shape)
-        tensors[name] = SourceTensor(name, dtype, shape, path, load)
+        tensors[name] = SourceTensor(name, dtype, shape, path, load, offset=data_start + begin)
     return tensors
 
 

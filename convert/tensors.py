@@ -18,7 +18,9 @@ NUMPY_STORAGE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtyp
 class SourceTensor:
     """One tensor of a checkpoint file; `load()` returns a (usually memory-mapped) array without copying.
 
-    BF16 tensors come back as uint16 arrays holding the raw bfloat16 bits.
+    BF16 tensors come back as uint16 arrays holding the raw bfloat16 bits. `offset` is where the tensor's bytes
+    start in `file` when they are stored contiguously (None for a strided view), so the converter can copy or read
+    them with plain file calls instead of faulting a memory map in 4 KiB at a time.
     """
 
     name: str
@@ -26,6 +28,7 @@ class SourceTensor:
     shape: tuple[int, ...]
     file: Path
     load: Callable[[], np.ndarray]
+    offset: int | None = None
 
     @property
     def nbytes(self) -> int:

@@ -182,7 +182,8 @@ def _source_tensors(
         if storage.key not in starts:
             starts[storage.key] = _storage_start(archive, raw, prefix + "data/" + storage.key, storage, path)
         load = _loader(fmap, starts[storage.key], ref)
-        tensors[str(name)] = SourceTensor(str(name), storage.dtype, ref.shape, path, load)
+        offset = _contiguous_offset(starts[storage.key], ref)
+        tensors[str(name)] = SourceTensor(str(name), storage.dtype, ref.shape, path, load, offset=offset)
     return tensors
 
 
@@ -244,6 +245,14 @@ def _loader(fmap: FileMap, start: int, ref: _TensorRef) -> Callable[[], np.ndarr
         return np.lib.stride_tricks.as_strided(whole[ref.offset :], ref.shape, strides, writeable=False)
 
     return load
+
+
+def _contiguous_offset(start: int, ref: _TensorRef) -> int | None:
+    """Where a contiguous tensor's bytes start in the file; None for a strided view of its storage."""
+    assert isinstance(ref.storage, _Storage) and isinstance(ref.offset, int)
+    if not _is_contiguous(ref.shape, ref.stride):
+        return None
+    return start + ref.offset * DTYPE_SIZES[ref.storage.dtype]
 
 
 def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:

@@ -235,14 +235,14 @@ if step == "quantize":
         time.sleep(60)
     llama_backend.quantize = slow
 else:
-    real_convert, calls = gguf_export._convert, []
+    real_write, calls = gguf_export._write_tensor, []
     def slow(*args, **kwargs):
         calls.append(1)
         if len(calls) == 5:
             print("WRITING", file=sys.stderr, flush=True)
             time.sleep(60)
-        return real_convert(*args, **kwargs)
-    gguf_export._convert = slow
+        return real_write(*args, **kwargs)
+    gguf_export._write_tensor = slow
 sys.exit(main(sys.argv[2:]))
 """
 

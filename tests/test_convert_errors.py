@@ -288,9 +288,9 @@ def test_existing_output_is_untouched_without_force(pristine, tmp_path: Path) ->
 
 @pytest.fixture
 def ctrl_c_on_fifth_tensor(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Ctrl-C while the fifth tensor is converted; the list counts the tensors started."""
+    """Ctrl-C while the fifth tensor is written; the list counts the tensors started."""
     calls: list[int] = []
-    real = gguf_export._convert
+    real = gguf_export._write_tensor
 
     def interrupt_on_fifth(*args, **kwargs):
         calls.append(1)
@@ -298,7 +298,7 @@ def ctrl_c_on_fifth_tensor(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gguf_export, "_convert", interrupt_on_fifth)
+    monkeypatch.setattr(gguf_export, "_write_tensor", interrupt_on_fifth)
     return calls
 
 
