@@ -3,15 +3,17 @@
 In one run, with the same GGUF, the same threads and the same context per sequence, each server is started as a
 child process and, for 1, 2, 4 and 8 concurrent clients (distinct prompts, streamed, greedy, `--tokens` new tokens
 each), measured for total generated tokens/s (all tokens over the wall time from the first request to the last
-token) and the median time to first token a client sees. llama-server is built from the pinned binding's vendored
-llama.cpp (tests/llama_cpp_tools.py); it runs with `--kv-unified` off and a context of 8 × `--ctx`, so each of its
-slots gets the same context as each of our sequences. The servers take turns per client count, so drift in the
-machine's speed hits all of them alike.
+token) and the median time to first token a client sees (each run's prompts are new to every server's cache).
+llama-server is built from the pinned binding's vendored llama.cpp (tests/llama_cpp_tools.py); it runs with
+`--kv-unified` off and a context of 8 × `--ctx`, so each of its slots gets the same context as each of our
+sequences. With `--rounds N` the servers take turns N times (A B C A B C), so drift in the machine's speed hits
+all of them alike; each cell reports the best round (highest tok/s, lowest TTFT), and the ratios of every round
+are printed too.
 
 Also: single-stream decode through the engine against a bare llama_decode loop (bench_runtime's same-context
 comparison), JSON-schema decode against unconstrained, and the cost of logprobs.
 Usage: python benchmarks/bench_parallel.py [--model PATH | --shape tiny|small] [--tokens N] [--threads N] [--ctx N]
-                                           [--clients 1,2,4,8] [--parallel 8]
+                                           [--clients 1,2,4,8] [--parallel 8] [--rounds N]
 """
 
 from __future__ import annotations
@@ -114,11 +116,15 @@ def one_client(url: str, question: str, tokens: int, sent: float, out: list) -> 
     out.append((first - sent if first else float("nan"), generated, time.perf_counter()))
 
 
-def clients_run(url: str, clients: int, tokens: int) -> tuple[float, float, int]:
-    """Total generated tokens/s and median time to first token for `clients` streams sent at once."""
+def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, float, int]:
+    """Total generated tokens/s and median time to first token for `clients` streams sent at once.
+
+    Each prompt starts with the run's `tag`, so no run's prompts continue an earlier run's cached ones: the time to
+    first token is the whole prompt's evaluation, on both servers alike."""
     results: list = []
     start = time.perf_counter()
-    threads = [threading.Thread(target=one_client, args=(url, QUESTIONS[i % len(QUESTIONS)], tokens, start, results))
+    threads = [threading.Thread(target=one_client,
+                                args=(url, f"{tag}-{i}. {QUESTIONS[i % len(QUESTIONS)]}", tokens, start, results))
                for i in range(clients)]
     for thread in threads:
         thread.start()
@@ -162,6 +168,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--stream-interval-ms", type=float, default=0,
                         help="ours: shortest time between events (0, the strictest, as llama-server streams)")
+    parser.add_argument("--rounds", type=int, default=1, help="times the servers take turns")
     parser.add_argument("--skip-costs", action="store_true", help="only the servers")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -175,33 +182,40 @@ def main() -> None:
             f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx, args.stream_interval_ms),
             "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx, args.stream_interval_ms),
         }
-        table: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in servers}
-        for name, start in servers.items():
-            try:
-                process, url = start()
-            except Exception as exc:  # noqa: BLE001 - llama-server may be unavailable: say so and go on
-                print(f"{name}: unavailable ({exc})")
-                continue
-            try:
-                clients_run(url, 1, 4)  # warm-up
-                for count in counts:
-                    table[name][count] = clients_run(url, count, args.tokens)
-            finally:
-                process.terminate()
-                process.wait(30)
+        rounds: list[dict[str, dict[int, tuple[float, float, int]]]] = []
+        for _ in range(args.rounds):
+            table: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in servers}
+            for name, start in servers.items():
+                try:
+                    process, url = start()
+                except Exception as exc:  # noqa: BLE001 - llama-server may be unavailable: say so and go on
+                    print(f"{name}: unavailable ({exc})")
+                    continue
+                try:
+                    clients_run(url, 1, 4, tag=0)  # warm-up
+                    for count in counts:
+                        table[name][count] = clients_run(url, count, args.tokens, tag=count)
+                finally:
+                    process.terminate()
+                    process.wait(30)
+            rounds.append(table)
+        best = {name: {c: (max(r[name][c][0] for r in rounds), min(r[name][c][1] for r in rounds),
+                           rounds[0][name][c][2]) for c in counts if all(c in r[name] for r in rounds)}
+                for name in servers}
         print(f"\n{'server':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
-        for name, row in table.items():
+        for name, row in best.items():
             cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
                             for c in counts)
             print(f"{name:<26}{cells}")
-        print("tokens generated: " + "; ".join(
-            f"{name}: " + ", ".join(str(row[c][2]) for c in counts if c in row) for name, row in table.items()))
-        reference = table[f"llama-server -np {args.parallel}"]
-        ours = table[f"serve --parallel {args.parallel}"]
-        if reference and ours:
-            print("\nours / llama-server: " + ", ".join(
-                f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, {ours[c][1] / reference[c][1]:.2f}× TTFT"
-                for c in counts))
+        print("tokens generated (round 1): " + "; ".join(
+            f"{name}: " + ", ".join(str(row[c][2]) for c in counts if c in row) for name, row in best.items()))
+        reference_name, ours_name = f"llama-server -np {args.parallel}", f"serve --parallel {args.parallel}"
+        for label, table in [("best", best)] + [(f"round {i + 1}", r) for i, r in enumerate(rounds)]:
+            reference, ours = table[reference_name], table[ours_name]
+            if reference and ours:
+                print(f"ours / llama-server, {label}: " + ", ".join(
+                    f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, {ours[c][1] / reference[c][1]:.2f}× TTFT"
+                    for c in counts if c in ours and c in reference))
         if args.skip_costs:
             return
         costs = engine_costs(model, args.threads, args.tokens)
