@@ -255,9 +255,11 @@ def test_logprobs_are_the_models_own_distribution(request: pytest.FixtureRequest
 
 
 def test_real_weights_greedy_replies_together_equal_replies_alone(smollm2_gguf: Path) -> None:
-    """On real weights a batch of several sequences rounds differently from a batch of one (other matmul
-    kernels), so greedy replies are equal token for token except where the lone run faced a near tie: there the
-    two most likely tokens were within 0.1 nats and the batched run picked the other of those two."""
+    """On real weights the logits depend a little on how the batch was made up and where the KV cells lie
+    (llama.cpp's CPU flash attention accumulates in f16): measured here, the two most likely tokens' logprobs moved
+    by up to 0.22 nats between a lone and a batched run of the same tokens. So greedy replies are equal token for
+    token except where the lone run faced a near tie: there the two most likely tokens were within 0.5 nats (a
+    probability ratio under 1.65) and the batched run picked the other of those two."""
     engine = Engine(smollm2_gguf, n_ctx=512, parallel=4)
     options = GenerationOptions(max_tokens=24, temperature=0.0, repeat_penalty=1.0, logprobs=2)
     try:
@@ -272,6 +274,6 @@ def test_real_weights_greedy_replies_together_equal_replies_alone(smollm2_gguf: 
             continue
         k = common_prefix(lone.tokens, batched.tokens)
         (first, _, first_value), (second, _, second_value) = lone.logprobs[k].top
-        assert first_value - second_value < 0.1, f"not a near tie: {lone.text!r} vs {batched.text!r}"
+        assert first_value - second_value < 0.5, f"not a near tie: {lone.text!r} vs {batched.text!r}"
         assert {lone.tokens[k], batched.tokens[k]} == {first, second}
     assert identical >= len(QUESTIONS) - 2

@@ -98,3 +98,61 @@ def test_a_cpu_build_has_no_gpu_backend() -> None:
         assert llama_backend.gpu_backends()
     else:
         assert llama_backend.gpu_backends() == []
+
+
+_PERSON_SCHEMA = (
+    '{"type": "object", "properties": {"name": {"type": "string", "maxLength": 30}, "age": {"type": "integer"}, '
+    '"tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3}}, "required": ["name", "age", "tags"]}'
+)
+
+
+def _constrained(
+    model: llama_backend.LlamaModel, params: llama_backend.SamplingParams, seed: int, shortlist: int, spy: list[int]
+) -> list[int]:
+    """40 grammar-constrained tokens after a fixed prompt; `spy` collects each grammar pass's candidate count."""
+    grammar = llama_backend.json_schema_to_gbnf(_PERSON_SCHEMA)
+    sampler = model.sampler(params, seed=seed, grammar=grammar)
+    sampler.SHORTLIST = shortlist
+    real_apply = sampler._apply
+
+    def apply(target: object, candidates) -> int:
+        if target is sampler._grammar:
+            spy.append(len(candidates))
+        return real_apply(target, candidates)
+
+    sampler._apply = apply
+    model.forget(0)
+    prompt = model.tokenize("사람 한 명을 JSON으로: ", add_bos=True, special=False)
+    model.decode([llama_backend.BatchEntry(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+    tokens: list[int] = []
+    while len(tokens) < 40 and not (tokens and model.is_end_of_generation(tokens[-1])):
+        tokens.append(sampler.sample(-1))
+        model.decode([llama_backend.BatchEntry(tokens[-1], len(prompt) + len(tokens) - 1, 0, True)])
+    sampler.close()
+    return tokens
+
+
+@pytest.mark.parametrize("weights", ["random", "real"])
+def test_the_grammar_shortlist_draws_what_the_whole_vocabulary_draws(
+    weights: str, tiny_q4_k_m: Path, smollm2_gguf: Path
+) -> None:
+    """The re-draw reads the grammar over a shortlist first; greedy and seeded draws equal whole-vocabulary ones."""
+    model = llama_backend.LlamaModel(tiny_q4_k_m if weights == "random" else smollm2_gguf, n_ctx=256)
+    whole_reads, shortlist_reads = 0, 0
+    try:
+        for params, seed in [
+            (llama_backend.SamplingParams(temperature=0.0, repeat_penalty=1.1), 0),
+            (llama_backend.SamplingParams(temperature=0.8), 7),
+            (llama_backend.SamplingParams(temperature=1.2, top_k=5), 11),
+        ]:
+            spy_short: list[int] = []
+            spy_whole: list[int] = []
+            short = _constrained(model, params, seed, llama_backend.Sampler.SHORTLIST, spy_short)
+            whole = _constrained(model, params, seed, model.n_vocab + 1, spy_whole)
+            assert short == whole, params
+            whole_reads += sum(n == model.n_vocab for n in spy_short)
+            shortlist_reads += sum(n == llama_backend.Sampler.SHORTLIST for n in spy_short)
+            assert sum(n == model.n_vocab for n in spy_whole) >= sum(n == model.n_vocab for n in spy_short)
+    finally:
+        model.close()
+    assert shortlist_reads > whole_reads, "the shortlist serves most re-draws"

@@ -25,7 +25,7 @@ QUESTIONS = [
     "What is 2 + 2?", "Say hello in Korean.", "What is the largest ocean?", "Who wrote Hamlet?",
     "What colour is the sky?",
 ]
-NEAR_TIE = 0.1  # nats between the two most likely tokens where a batch may round the other way (test_batching)
+NEAR_TIE = 0.5  # nats between the two most likely tokens where a batch may round the other way (test_batching)
 
 
 @pytest.fixture(scope="module")

@@ -341,15 +341,21 @@ class Sampler:
 
     A grammar is checked as llama-server checks it: the chain draws from the whole vocabulary first, and only if
     the grammar refuses that token is the draw made again with the grammar applied to every candidate, so most
-    tokens pay for one grammar check instead of one per vocabulary entry.
+    tokens pay for one grammar check instead of one per vocabulary entry. The re-draw first applies the grammar to
+    the best-scoring few hundred candidates only; when enough of those pass, and pass above every score left out,
+    the draw cannot differ from one over the whole vocabulary (the penalty and ban only lower scores), so the
+    whole vocabulary is read only when they do not.
     """
+
+    SHORTLIST = 256  # candidates the re-draw's grammar reads first
 
     def __init__(self, model: LlamaModel, params: SamplingParams, seed: int | None, grammar: str | None) -> None:
         self._ctx = model._ctx.ctx
         self._n_vocab = model.n_vocab
         self._grammar = None
-        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = functools.partial(llama_cpp.llama_sampler_chain_add, self._chain)
+        self._head = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._tail = None
+        add = functools.partial(llama_cpp.llama_sampler_chain_add, self._head)
         add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
         if grammar is not None:
             # llama.cpp's grammar reads a control token as its written-out text, so `<|im_start|>` could pass as
@@ -363,12 +369,17 @@ class Sampler:
                 self.close()
                 detail = "; ".join(_recent_errors) or "the grammar does not parse"
                 raise GrammarError(f"llama.cpp refused the grammar: {detail}", fix="check the grammar or JSON schema")
+            # the draw after the penalty: a chain of its own, so the re-draw can reuse the penalised scores
+            self._tail = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+            add = functools.partial(llama_cpp.llama_sampler_chain_add, self._tail)
             self._candidates = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
-            self._candidates["id"] = np.arange(model.n_vocab, dtype=np.int32)
             self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        # how many tokens the draw can choose among: the best one, or top-k of them (everything when top-k is off)
+        self._draw_width = 1
         if params.temperature == 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
+            self._draw_width = params.top_k if params.top_k > 0 else model.n_vocab
             add(llama_cpp.llama_sampler_init_top_k(params.top_k))
             add(llama_cpp.llama_sampler_init_typical(1.0, 1))
             add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
@@ -379,37 +390,58 @@ class Sampler:
     def sample(self, index: int) -> int:
         """The next token from the logits of the last batch's entry `index`."""
         if self._grammar is None:
-            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, index))
+            return int(llama_cpp.llama_sampler_sample(self._head, self._ctx, index))
         row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
-        token = self._draw(row, grammar_first=False)
+        candidates = self._candidates
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        candidates["logit"] = row
+        candidates["p"] = 0.0
+        self._apply(self._head, candidates)  # penalty and ban: scores change, order does not
+        scores = candidates["logit"].copy()
+        token = int(candidates["id"][self._apply(self._tail, candidates)])
         if not self._allowed(token):
-            token = self._draw(row, grammar_first=True)
+            token = self._redraw(scores)
         llama_cpp.llama_sampler_accept(self._grammar, token)
-        llama_cpp.llama_sampler_accept(self._chain, token)
+        llama_cpp.llama_sampler_accept(self._head, token)
+        llama_cpp.llama_sampler_accept(self._tail, token)
         return token
 
-    def _draw(self, logits: np.ndarray, *, grammar_first: bool) -> int:
+    def _redraw(self, scores: np.ndarray) -> int:
+        """The draw again, from the candidates the grammar allows."""
+        width = self.SHORTLIST
+        if width < self._n_vocab and self._draw_width < width:
+            ids = np.argpartition(-scores, width - 1)[:width]
+            shortlist = np.zeros(width, dtype=_TOKEN_DATA)
+            shortlist["id"], shortlist["logit"] = ids, scores[ids]
+            self._apply(self._grammar, shortlist)
+            passed = np.sort(shortlist["logit"][np.isfinite(shortlist["logit"])])[::-1]
+            left_out = np.delete(scores, ids).max()
+            if len(passed) >= self._draw_width and passed[self._draw_width - 1] > left_out:
+                return int(shortlist["id"][self._apply(self._tail, shortlist)])
         candidates = self._candidates
-        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)  # the chain sorts and trims in place
-        candidates["logit"] = logits
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        candidates["logit"] = scores
         candidates["p"] = 0.0
+        self._apply(self._grammar, candidates)
+        return int(candidates["id"][self._apply(self._tail, candidates)])
+
+    @staticmethod
+    def _apply(sampler: object, candidates: np.ndarray) -> int:
+        """Run one sampler (or chain) over a llama_token_data array in place; the selected index, if any."""
         array = llama_cpp.llama_token_data_array(
-            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), self._n_vocab, -1, False
+            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), len(candidates), -1, False
         )
-        if grammar_first:
-            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
-        return int(candidates["id"][array.selected])
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+        return int(array.selected)
 
     def _allowed(self, token: int) -> bool:
         one = self._one
         one[0] = (token, 0.0, 0.0)
-        array = llama_cpp.llama_token_data_array(one.ctypes.data_as(llama_cpp.llama_token_data_p), 1, -1, False)
-        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        self._apply(self._grammar, one)
         return bool(np.isfinite(one["logit"][0]))
 
     def close(self) -> None:
-        for name in ("_chain", "_grammar"):
+        for name in ("_head", "_tail", "_grammar"):
             sampler = getattr(self, name, None)
             if sampler is not None:
                 llama_cpp.llama_sampler_free(sampler)

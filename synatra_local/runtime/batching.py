@@ -266,20 +266,16 @@ class BatchScheduler:
     def _choose(self, job: Job) -> _Slot | None:
         """The free sequence whose cache this prompt continues furthest, unless that would throw away most of a
         cache the prompt shares only a header with: then the least recently used one (as llama-server's
-        prompt-similarity rule does). None while none is free, or while the best one still evaluates the end of
-        the turn this prompt continues."""
+        prompt-similarity rule does). None while none is free. A sequence still evaluating a finished turn's end
+        is free too: the job's own prompt evaluation takes over from the cached tokens, so it never waits a step."""
         candidates = [slot for slot in self._slots if slot.job is None]
         if not candidates:
             return None
         shared = {slot.seq: common_prefix(slot.cached + slot.pending, job.tokens) for slot in candidates}
         worth = [slot for slot in candidates if 2 * shared[slot.seq] >= len(slot.cached) + len(slot.pending)]
         if worth:
-            best = max(worth, key=lambda slot: (shared[slot.seq], -slot.last_used))
-        else:
-            best = min(candidates, key=lambda slot: slot.last_used)
-        if best.pending:
-            return None
-        return best
+            return max(worth, key=lambda slot: (shared[slot.seq], -slot.last_used))
+        return min(candidates, key=lambda slot: slot.last_used)
 
     def _start(self, slot: _Slot, job: Job) -> None:
         keep = common_prefix(slot.cached, job.tokens)
