@@ -133,7 +133,9 @@ def write_gguf(
         writer.write_ti_data_to_file()
         progress.start(f"convert → {output.name}", data_bytes)
         with SourceFiles() as files:
-            for t in plan:
+            for t, following in zip(plan, plan[1:] + [None], strict=True):
+                if following is not None and following.source.offset is not None:
+                    files.prefetch(following.source.file, following.source.offset, following.source.nbytes)
                 writer.write_tensor_data(_StreamedTensor(t, files, progress))
         assert writer.fout is not None
         for f in writer.fout:
