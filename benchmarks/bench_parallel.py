@@ -14,6 +14,7 @@ Also: single-stream decode through the engine against a bare llama_decode loop (
 comparison), JSON-schema decode against unconstrained, and the cost of logprobs.
 Usage: python benchmarks/bench_parallel.py [--model PATH | --shape tiny|small] [--tokens N] [--threads N] [--ctx N]
                                            [--clients 1,2,4,8] [--parallel 8] [--rounds N]
+                                           [--skip-costs | --skip-servers]
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def main() -> None:
                         help="ours: shortest time between events (0, the strictest, as llama-server streams)")
     parser.add_argument("--rounds", type=int, default=1, help="times the servers take turns")
     parser.add_argument("--skip-costs", action="store_true", help="only the servers")
+    parser.add_argument("--skip-servers", action="store_true", help="only one stream's costs (JSON schema, logprobs)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
@@ -183,7 +185,7 @@ def main() -> None:
             "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx, args.stream_interval_ms),
         }
         rounds: list[dict[str, dict[int, tuple[float, float, int]]]] = []
-        for _ in range(args.rounds):
+        for _ in range(0 if args.skip_servers else args.rounds):
             table: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in servers}
             for name, start in servers.items():
                 try:
@@ -200,22 +202,23 @@ def main() -> None:
                     process.wait(30)
             rounds.append(table)
         best = {name: {c: (max(r[name][c][0] for r in rounds), min(r[name][c][1] for r in rounds),
-                           rounds[0][name][c][2]) for c in counts if all(c in r[name] for r in rounds)}
+                           rounds[0][name][c][2]) for c in counts if rounds and all(c in r[name] for r in rounds)}
                 for name in servers}
-        print(f"\n{'server':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
-        for name, row in best.items():
-            cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
-                            for c in counts)
-            print(f"{name:<26}{cells}")
-        print("tokens generated (round 1): " + "; ".join(
-            f"{name}: " + ", ".join(str(row[c][2]) for c in counts if c in row) for name, row in best.items()))
-        reference_name, ours_name = f"llama-server -np {args.parallel}", f"serve --parallel {args.parallel}"
-        for label, table in [("best", best)] + [(f"round {i + 1}", r) for i, r in enumerate(rounds)]:
-            reference, ours = table[reference_name], table[ours_name]
-            if reference and ours:
-                print(f"ours / llama-server, {label}: " + ", ".join(
-                    f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, {ours[c][1] / reference[c][1]:.2f}× TTFT"
-                    for c in counts if c in ours and c in reference))
+        if rounds:
+            print(f"\n{'server':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
+            for name, row in best.items():
+                cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
+                                for c in counts)
+                print(f"{name:<26}{cells}")
+            print("tokens generated (round 1): " + "; ".join(
+                f"{name}: " + ", ".join(str(row[c][2]) for c in counts if c in row) for name, row in best.items()))
+            reference_name, ours_name = f"llama-server -np {args.parallel}", f"serve --parallel {args.parallel}"
+            for label, table in [("best", best)] + [(f"round {i + 1}", r) for i, r in enumerate(rounds)]:
+                reference, ours = table[reference_name], table[ours_name]
+                if reference and ours:
+                    print(f"ours / llama-server, {label}: " + ", ".join(
+                        f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, "
+                        f"{ours[c][1] / reference[c][1]:.2f}× TTFT" for c in counts if c in ours and c in reference))
         if args.skip_costs:
             return
         costs = engine_costs(model, args.threads, args.tokens)
