@@ -89,8 +89,15 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Any] | None = None
 
 
+TokenIds = Annotated[list[int], Field(min_length=1)]
+Prompts = Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: Text | Annotated[list[Text], Field(min_length=1)]
+    # OpenAI's four forms: a text, texts, token ids, lists of token ids (one choice per prompt)
+    prompt: Prompts
+    # 0: nothing generated (with echo, only the prompt's tokens and their logprobs)
+    max_tokens: Annotated[int | None, Field(ge=0, le=RANGES["max_tokens"].high)] = None
     echo: bool | None = None
     suffix: Text | None = None
     logprobs: Annotated[int | None, _bounds("logprobs")] = None

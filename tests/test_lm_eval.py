@@ -1,0 +1,218 @@
+"""lm-evaluation-harness itself (the real `lm_eval` package, its `local-completions` model) against a live
+`synatra-local serve` on loopback: a local task in KoBEST BoolQ's format (a YAML and a jsonl written here, no
+download), whose accuracy and every choice's log-likelihood must equal the same choices scored independently from
+the model's logits (llama.cpp's logits of every position in one plain evaluation, log-softmax in numpy).
+
+lm-eval tokenizes through the server (`tokenizer_backend=remote`: /tokenizer_info, /tokenize), sends token ids
+in batches (`prompt` as lists of token lists), and reads `echo: true` prompt logprobs in the legacy shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("lm_eval")
+
+from synatra_local.core.llama_backend import LlamaModel  # noqa: E402
+from synatra_local.runtime.engine import Engine  # noqa: E402
+from synatra_local.server.app import create_app  # noqa: E402
+from synatra_local.server.run import BackgroundServer  # noqa: E402
+
+# Easy yes/no items, half of each answer: (paragraph, question, label) with label 1 = yes.
+ENGLISH_ITEMS = [
+    ("Paris is the capital of France.", "Is Paris the capital of France?", 1),
+    ("The sun rises in the east.", "Does the sun rise in the west?", 0),
+    ("Water freezes at zero degrees Celsius.", "Does water freeze at zero degrees Celsius?", 1),
+    ("A week has seven days.", "Does a week have ten days?", 0),
+    ("Cats are mammals.", "Are cats mammals?", 1),
+    ("Fish live in water.", "Do fish live in the desert?", 0),
+    ("The Earth orbits the Sun.", "Does the Earth orbit the Sun?", 1),
+    ("Snow is cold.", "Is snow hot?", 0),
+    ("Tokyo is a city in Japan.", "Is Tokyo in Japan?", 1),
+    ("Birds have feathers.", "Do birds have fur instead of feathers?", 0),
+    ("Two plus two is four.", "Is two plus two equal to four?", 1),
+    ("The Pacific is an ocean.", "Is the Pacific a mountain?", 0),
+    ("Grass is green.", "Is grass green?", 1),
+    ("Ice is frozen water.", "Is ice made of sand?", 0),
+    ("Dogs can bark.", "Can dogs bark?", 1),
+    ("The moon is smaller than the Earth.", "Is the moon bigger than the Earth?", 0),
+    ("Bananas are yellow when ripe.", "Are ripe bananas yellow?", 1),
+    ("Humans need oxygen to live.", "Can humans live without oxygen?", 0),
+    ("Summer is warmer than winter.", "Is summer warmer than winter?", 1),
+    ("A triangle has three sides.", "Does a triangle have five sides?", 0),
+    ("Rome is in Italy.", "Is Rome in Italy?", 1),
+    ("Fire is hot.", "Is fire cold?", 0),
+    ("Bees make honey.", "Do bees make honey?", 1),
+    ("Elephants are large animals.", "Are elephants tiny insects?", 0),
+    ("English is a language.", "Is English a language?", 1),
+    ("The night sky is dark.", "Is the night sky bright like noon?", 0),
+    ("Apples grow on trees.", "Do apples grow on trees?", 1),
+    ("A car has wheels.", "Does a car have wings?", 0),
+    ("Milk is a drink.", "Is milk a drink?", 1),
+    ("Stones are hard.", "Are stones soft like pillows?", 0),
+]
+# Easy sentences for a task in KoBEST SentiNeg's format: (sentence, label) with label 1 = positive.
+SENTIMENT_ITEMS = [
+    ("I love this movie, it is wonderful.", 1), ("This is the worst meal I have ever eaten.", 0),
+    ("What a beautiful, happy day!", 1), ("I hate waiting in this terrible line.", 0),
+    ("The gift made me so happy.", 1), ("The service was awful and rude.", 0),
+    ("She did a great job, I am proud of her.", 1), ("This broken phone is useless garbage.", 0),
+    ("The concert was fantastic and fun.", 1), ("I feel sad and miserable today.", 0),
+    ("Thank you, this is excellent work.", 1), ("The room was dirty and smelled bad.", 0),
+    ("Our holiday was relaxing and lovely.", 1), ("The movie was boring and far too long.", 0),
+    ("I am delighted with my new bike.", 1), ("This coffee tastes horrible.", 0),
+    ("The kind nurse made everyone smile.", 1), ("The train was late again, what a disaster.", 0),
+    ("This book is brilliant and inspiring.", 1), ("My order arrived damaged and the support was useless.", 0),
+    ("The food was delicious and the staff were friendly.", 1), ("I regret buying this awful jacket.", 0),
+    ("What a wonderful surprise party!", 1), ("The hotel was noisy, cold and unpleasant.", 0),
+]
+KOREAN_ITEMS = [
+    ("서울은 대한민국의 수도이다.", "서울은 대한민국의 수도인가?", 1),
+    ("물은 섭씨 100도에서 끓는다.", "물은 섭씨 10도에서 끓는가?", 0),
+    ("고양이는 포유류이다.", "고양이는 포유류인가?", 1),
+    ("일주일은 7일이다.", "일주일은 10일인가?", 0),
+    ("한글은 세종대왕이 만들었다.", "한글은 세종대왕이 만들었나?", 1),
+    ("겨울은 여름보다 춥다.", "겨울은 여름보다 더운가?", 0),
+]
+MODEL_ID = "synatra-local-test"
+
+
+def write_task(folder: Path, name: str, docs: list[dict], *, text: str, choices: list[str]) -> None:
+    """A task in KoBEST's format (its YAML keys, a `label` indexing `doc_to_choice`) over a local jsonl: nothing
+    is downloaded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs), encoding="utf-8")
+    (folder / f"{name}.yaml").write_text("\n".join([
+        f"task: {name}",
+        "dataset_path: json",
+        "dataset_kwargs:",
+        "  data_files:",
+        f"    test: {json.dumps(str(data))}",
+        "output_type: multiple_choice",
+        "test_split: test",
+        f"doc_to_text: {json.dumps(text, ensure_ascii=False)}",
+        'doc_to_target: "{{label}}"',
+        f"doc_to_choice: {json.dumps(choices, ensure_ascii=False)}",
+        "metric_list:",
+        "  - metric: acc",
+        "    aggregation: mean",
+        "    higher_is_better: true",
+        "metadata:",
+        "  version: 1.0",
+        "",
+    ]), encoding="utf-8")
+
+
+def boolq_docs(items: list[tuple[str, str, int]]) -> list[dict]:
+    return [{"paragraph": paragraph, "question": question, "label": label} for paragraph, question, label in items]
+
+
+def run_lm_eval(url: str, tasks: Path, names: list[str], out: Path) -> dict[str, tuple[float, list[dict]]]:
+    """The `lm_eval` command line as a user runs it; each task's accuracy and logged samples."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HOME": str(out / "hf"), "HF_DATASETS_CACHE": str(out / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "lm_eval", "run", "--model", "local-completions",
+        "--model_args",
+        f"model={MODEL_ID},base_url={url}/v1/completions,tokenizer_backend=remote,max_length=512,max_retries=1",
+        "--batch_size", "4", "--tasks", ",".join(names), "--include_path", str(tasks),
+        "--output_path", str(out / "results"), "--log_samples",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    (results,) = (out / "results").rglob("results_*.json")
+    accuracies = json.loads(results.read_text())["results"]
+    found = {}
+    for name in names:
+        (samples,) = (out / "results").rglob(f"samples_{name}_*.jsonl")
+        found[name] = accuracies[name]["acc,none"], [json.loads(line) for line in samples.read_text().splitlines()]
+    return found
+
+
+def independent_scores(model_path: Path, samples: list[dict]) -> dict[int, list[float]]:
+    """Each doc's choices scored from the model's logits, outside the server: the same context/continuation split
+    as lm-eval's (trailing spaces of the context go to the continuation; no BOS), the whole sequence evaluated in
+    one context with every position's logits, log-softmax in float64, the continuation's log-probabilities summed."""
+    model = LlamaModel(model_path, n_ctx=512, logits_all=True)
+    scores: dict[int, list[float]] = {}
+    try:
+        for sample in samples:
+            values = []
+            for argument in sample["arguments"].values():
+                context, continuation = argument["arg_0"], argument["arg_1"]
+                spaces = len(context) - len(context.rstrip())
+                if spaces:
+                    context, continuation = context[:-spaces], context[-spaces:] + continuation
+                whole = model.tokenize(context + continuation, add_bos=False, special=True)
+                head = len(model.tokenize(context, add_bos=False, special=True))
+                model.evaluate(whole)
+                logits = model.logits().astype(np.float64)
+                log_probs = logits - logits.max(axis=1, keepdims=True)
+                log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+                values.append(float(sum(log_probs[i - 1, whole[i]] for i in range(head, len(whole)))))
+            scores[sample["doc_id"]] = values
+    finally:
+        model.close()
+    return scores
+
+
+def check_against_logits(model_path: Path, accuracy: float, samples: list[dict]) -> None:
+    scores = independent_scores(model_path, samples)
+    picks = 0
+    for sample in samples:
+        theirs = [float(resp[0][0]) for resp in sample["resps"]]
+        ours = scores[sample["doc_id"]]
+        assert np.allclose(theirs, ours, atol=2e-3, rtol=0), (sample["doc_id"], theirs, ours)
+        picks += int(np.argmax(ours)) == int(sample["target"])
+        assert sample["acc"] == float(int(np.argmax(ours)) == int(sample["target"])), (sample, ours)
+    assert accuracy == pytest.approx(picks / len(samples))
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
+    path: Path = request.getfixturevalue(request.param)
+    engine = Engine(path, n_ctx=512, parallel=2)
+    try:
+        with BackgroundServer(create_app(engine, model_id=MODEL_ID)) as server:
+            yield server.url, path
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("served", ["tiny_gguf_v01"], indirect=True)
+def test_kobest_format_task_on_random_weights_equals_the_engine_logits(served, tmp_path: Path) -> None:
+    url, path = served
+    write_task(tmp_path / "tasks", "ko_boolq_local", boolq_docs(KOREAN_ITEMS),
+               text="{{paragraph}} 질문: {{question}} 답변: ", choices=["아니오", "예"])  # kobest_boolq's own
+    [(accuracy, samples)] = run_lm_eval(url, tmp_path / "tasks", ["ko_boolq_local"], tmp_path).values()
+    assert len(samples) == len(KOREAN_ITEMS)
+    check_against_logits(path, accuracy, samples)
+
+
+@pytest.mark.parametrize("served", ["smollm2_gguf"], indirect=True)
+def test_smollm2_scores_above_chance_and_equals_the_engine_logits(served, tmp_path: Path) -> None:
+    """Real weights, two binary tasks in KoBEST's formats, in English (SmolLM2 reads little Korean): BoolQ's
+    yes/no questions and SentiNeg's sentiment. Both must equal the engine's logits; sentiment must beat chance."""
+    url, path = served
+    write_task(tmp_path / "tasks", "en_boolq_local", boolq_docs(ENGLISH_ITEMS),
+               text="{{paragraph}} Question: {{question}} Answer:", choices=["no", "yes"])
+    sentences = [{"sentence": sentence, "label": label} for sentence, label in SENTIMENT_ITEMS]
+    write_task(tmp_path / "tasks", "en_sentineg_local", sentences,
+               text="Sentence: {{sentence}} Sentiment:", choices=["negative", "positive"])
+    found = run_lm_eval(url, tmp_path / "tasks", ["en_boolq_local", "en_sentineg_local"], tmp_path)
+    for name, (accuracy, samples) in found.items():
+        check_against_logits(path, accuracy, samples)
+        print(f"SmolLM2-135M-Instruct Q4_1, {name}, {len(samples)} items: accuracy {accuracy:.3f}")
+    assert len(found["en_boolq_local"][1]) == len(ENGLISH_ITEMS)
+    assert len(found["en_sentineg_local"][1]) == len(SENTIMENT_ITEMS)
+    assert found["en_sentineg_local"][0] >= 0.75  # chance is 0.5: 18 of 24 by luck has p < 0.012
