@@ -104,9 +104,22 @@ class CompletionRequest(SamplingFields):
     best_of: Annotated[int | None, Field(ge=1, le=INT32_MAX)] = None
 
 
+class TokenizeRequest(_Strict):
+    content: Text | None = None  # llama-server
+    prompt: Text | None = None  # vLLM
+    add_special: bool | None = None  # llama-server's name (default false)
+    add_special_tokens: bool | None = None  # vLLM's and Hugging Face's name (default true)
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    tokens: list[int]
+
+
 FIELD_NAMES = frozenset(
     name
-    for model in (ContentPart, ChatMessage, StreamOptions, ChatCompletionRequest, CompletionRequest)
+    for model in (ContentPart, ChatMessage, StreamOptions, ChatCompletionRequest, CompletionRequest, TokenizeRequest,
+                  DetokenizeRequest)
     for name in model.model_fields
 )
 

@@ -16,22 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from synatra_local.core.errors import SynatraError
 
-from .schemas import APIError, Text, _Strict
+from .schemas import APIError, DetokenizeRequest, TokenizeRequest
 
 if TYPE_CHECKING:
     from synatra_local.runtime.engine import Engine
-
-
-class TokenizeRequest(_Strict):
-    content: Text | None = None  # llama-server
-    prompt: Text | None = None  # vLLM
-    add_special: bool | None = None  # llama-server's name (default false)
-    add_special_tokens: bool | None = None  # vLLM's and Hugging Face's name (default true)
-    with_pieces: bool = False
-
-
-class DetokenizeRequest(_Strict):
-    tokens: list[int]
 
 
 def _piece(data: bytes) -> str | list[int]:
