@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -216,3 +217,25 @@ def test_smollm2_scores_above_chance_and_equals_the_engine_logits(served, tmp_pa
     assert len(found["en_boolq_local"][1]) == len(ENGLISH_ITEMS)
     assert len(found["en_sentineg_local"][1]) == len(SENTIMENT_ITEMS)
     assert found["en_sentineg_local"][0] >= 0.75  # chance is 0.5: 18 of 24 by luck has p < 0.012
+
+
+@pytest.mark.parametrize("served", ["smollm2_gguf"], indirect=True)
+def test_an_end_token_the_model_chooses_is_scored_too(served) -> None:
+    """lm-eval's own request and parser: it drops the last logprob (the token generated with max_tokens 1), so one
+    must be there even where the model would end its turn (an end token is no text, but it is a choice)."""
+    import httpx
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    url, _ = served
+    text = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n2+2 is 4."
+    ids = httpx.post(f"{url}/tokenize", json={"prompt": text, "add_special_tokens": False}).json()["tokens"]
+    payload = LocalCompletionsAPI._create_payload(SimpleNamespace(model=MODEL_ID), [ids], generate=False)
+    assert payload["echo"] is True and payload["max_tokens"] == 1
+    reply = httpx.post(f"{url}/v1/completions", json=payload, timeout=60).json()
+    choice = reply["choices"][0]
+    assert choice["text"] == text and choice["finish_reason"] == "stop"  # the model chose <|im_end|>
+    logprobs = choice["logprobs"]
+    assert len(logprobs["token_logprobs"]) == len(ids) + 1 and logprobs["tokens"][-1] == ""
+    [(value, greedy)] = LocalCompletionsAPI.parse_logprobs(reply, ctxlens=[len(ids) - 3])
+    assert value == pytest.approx(sum(logprobs["token_logprobs"][-4:-1]))
+    assert isinstance(greedy, bool)
