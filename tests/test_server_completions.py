@@ -27,7 +27,7 @@ GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
 
 @pytest.fixture(scope="module")
 def engine(tiny_gguf_v01: Path) -> Iterator[Engine]:
-    engine = Engine(tiny_gguf_v01, n_ctx=512, parallel=2)
+    engine = Engine(tiny_gguf_v01, n_ctx=512, parallel=2, batch=64)  # long prompts take several steps
     yield engine
     engine.close()
 
@@ -45,7 +45,7 @@ def client(url: str) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def reference(tiny_gguf_v01: Path) -> Iterator[LlamaModel]:
-    model = LlamaModel(tiny_gguf_v01, n_ctx=512, logits_all=True)
+    model = LlamaModel(tiny_gguf_v01, n_ctx=512, n_batch=64, logits_all=True)  # the engine's steps
     yield model
     model.close()
 
@@ -142,7 +142,8 @@ def test_echo_requests_from_many_clients_at_once(url: str, engine: Engine, refer
     """Prompt scoring shares the batch with other sequences' prompts and replies: every score stays its own."""
     import concurrent.futures
 
-    ids = [engine.tokenize(p * 3, add_special=True) for p in PROMPTS]
+    ids = [engine.tokenize(" ".join([p] * 24), add_special=True) for p in PROMPTS]
+    assert all(64 < len(tokens) < 500 for tokens in ids)  # each prompt is read in several steps of 64
     bodies = [{"prompt": tokens, "echo": True, "logprobs": 1, "max_tokens": 2, **GREEDY} for tokens in ids]
     bodies += [{"prompt": p, "max_tokens": 12, "temperature": 0.8, "seed": 3} for p in PROMPTS]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
@@ -150,5 +151,8 @@ def test_echo_requests_from_many_clients_at_once(url: str, engine: Engine, refer
     for tokens, reply in zip(ids, replies, strict=False):
         expected = log_softmax(reference, tokens)
         got = reply["choices"][0]["logprobs"]["token_logprobs"][1 : len(tokens)]
-        assert got == pytest.approx([expected[k - 1, tokens[k]] for k in range(1, len(tokens))], abs=1e-3)
+        # Where a prompt's steps start depends on what the other sequences put in the same batch, and llama.cpp's
+        # logits after a step boundary differ by up to ~0.03 on this random model (the same tokens read in steps of
+        # 64 or 512 alone differ as much); a row off by one position is off by nats.
+        assert got == pytest.approx([expected[k - 1, tokens[k]] for k in range(1, len(tokens))], abs=0.06)
     json.dumps(replies)
