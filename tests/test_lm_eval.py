@@ -28,39 +28,6 @@ from synatra_local.runtime.engine import Engine  # noqa: E402
 from synatra_local.server.app import create_app  # noqa: E402
 from synatra_local.server.run import BackgroundServer  # noqa: E402
 
-# Easy yes/no items, half of each answer: (paragraph, question, label) with label 1 = yes.
-ENGLISH_ITEMS = [
-    ("Paris is the capital of France.", "Is Paris the capital of France?", 1),
-    ("The sun rises in the east.", "Does the sun rise in the west?", 0),
-    ("Water freezes at zero degrees Celsius.", "Does water freeze at zero degrees Celsius?", 1),
-    ("A week has seven days.", "Does a week have ten days?", 0),
-    ("Cats are mammals.", "Are cats mammals?", 1),
-    ("Fish live in water.", "Do fish live in the desert?", 0),
-    ("The Earth orbits the Sun.", "Does the Earth orbit the Sun?", 1),
-    ("Snow is cold.", "Is snow hot?", 0),
-    ("Tokyo is a city in Japan.", "Is Tokyo in Japan?", 1),
-    ("Birds have feathers.", "Do birds have fur instead of feathers?", 0),
-    ("Two plus two is four.", "Is two plus two equal to four?", 1),
-    ("The Pacific is an ocean.", "Is the Pacific a mountain?", 0),
-    ("Grass is green.", "Is grass green?", 1),
-    ("Ice is frozen water.", "Is ice made of sand?", 0),
-    ("Dogs can bark.", "Can dogs bark?", 1),
-    ("The moon is smaller than the Earth.", "Is the moon bigger than the Earth?", 0),
-    ("Bananas are yellow when ripe.", "Are ripe bananas yellow?", 1),
-    ("Humans need oxygen to live.", "Can humans live without oxygen?", 0),
-    ("Summer is warmer than winter.", "Is summer warmer than winter?", 1),
-    ("A triangle has three sides.", "Does a triangle have five sides?", 0),
-    ("Rome is in Italy.", "Is Rome in Italy?", 1),
-    ("Fire is hot.", "Is fire cold?", 0),
-    ("Bees make honey.", "Do bees make honey?", 1),
-    ("Elephants are large animals.", "Are elephants tiny insects?", 0),
-    ("English is a language.", "Is English a language?", 1),
-    ("The night sky is dark.", "Is the night sky bright like noon?", 0),
-    ("Apples grow on trees.", "Do apples grow on trees?", 1),
-    ("A car has wheels.", "Does a car have wings?", 0),
-    ("Milk is a drink.", "Is milk a drink?", 1),
-    ("Stones are hard.", "Are stones soft like pillows?", 0),
-]
 # Easy sentences for a task in KoBEST SentiNeg's format: (sentence, label) with label 1 = positive.
 SENTIMENT_ITEMS = [
     ("I love this movie, it is wonderful.", 1), ("This is the worst meal I have ever eaten.", 0),
@@ -118,25 +85,54 @@ def boolq_docs(items: list[tuple[str, str, int]]) -> list[dict]:
     return [{"paragraph": paragraph, "question": question, "label": label} for paragraph, question, label in items]
 
 
-def run_lm_eval(url: str, tasks: Path, names: list[str], out: Path) -> dict[str, tuple[float, list[dict]]]:
-    """The `lm_eval` command line as a user runs it; each task's accuracy and logged samples."""
+# The Python API as a script: with only the local tasks indexed it starts in a second, where the command line
+# first indexes lm-eval's thousands of built-in task files.
+API_SCRIPT = """
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
+model_args, names, include, out = json.loads(sys.argv[1])
+results = lm_eval.simple_evaluate(model="local-completions", model_args=model_args, tasks=names, batch_size=4,
+                                  task_manager=TaskManager(include_path=include, include_defaults=False))
+found = {name: [results["results"][name]["acc,none"], [
+    {"doc_id": s["doc_id"], "target": s["target"], "acc": s["acc"], "pairs": [list(a) for a in s["arguments"]],
+     "logliks": [r[0][0] for r in s["resps"]]} for s in results["samples"][name]]] for name in names}
+open(out, "w").write(json.dumps(found))
+"""
+
+
+def run_lm_eval(url: str, tasks: Path, names: list[str], out: Path, *, cli: bool) -> dict[str, tuple[float, list]]:
+    """lm-eval's `local-completions` model against `url`, by its command line as a user runs it (`cli`) or by its
+    Python API; each task's accuracy and its samples (`doc_id`, `target`, `acc`, `pairs` of context and
+    continuation, the `logliks` it read from the server)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_HOME": str(out / "hf"), "HF_DATASETS_CACHE": str(out / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable, "-m", "lm_eval", "run", "--model", "local-completions",
-        "--model_args",
-        f"model={MODEL_ID},base_url={url}/v1/completions,tokenizer_backend=remote,max_length=512,max_retries=1",
-        "--batch_size", "4", "--tasks", ",".join(names), "--include_path", str(tasks),
-        "--output_path", str(out / "results"), "--log_samples",
-    ]
+    model_args = f"model={MODEL_ID},base_url={url}/v1/completions,tokenizer_backend=remote,max_length=512,max_retries=1"
+    if cli:
+        command = [
+            sys.executable, "-m", "lm_eval", "run", "--model", "local-completions", "--model_args", model_args,
+            "--batch_size", "4", "--tasks", ",".join(names), "--include_path", str(tasks),
+            "--output_path", str(out / "results"), "--log_samples",
+        ]
+    else:
+        command = [sys.executable, "-c", API_SCRIPT, json.dumps([model_args, names, str(tasks), str(out / "found")])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    if not cli:
+        found = json.loads((out / "found").read_text())
+        return {name: (accuracy, samples) for name, (accuracy, samples) in found.items()}
     (results,) = (out / "results").rglob("results_*.json")
     accuracies = json.loads(results.read_text())["results"]
     found = {}
     for name in names:
-        (samples,) = (out / "results").rglob(f"samples_{name}_*.jsonl")
-        found[name] = accuracies[name]["acc,none"], [json.loads(line) for line in samples.read_text().splitlines()]
+        (logged,) = (out / "results").rglob(f"samples_{name}_*.jsonl")
+        samples = []
+        for line in logged.read_text().splitlines():
+            sample = json.loads(line)
+            samples.append({"doc_id": sample["doc_id"], "target": sample["target"], "acc": sample["acc"],
+                            "pairs": [[a["arg_0"], a["arg_1"]] for a in sample["arguments"].values()],
+                            "logliks": [float(r[0][0]) for r in sample["resps"]]})
+        found[name] = accuracies[name]["acc,none"], samples
     return found
 
 
@@ -149,8 +145,7 @@ def independent_scores(model_path: Path, samples: list[dict]) -> dict[int, list[
     try:
         for sample in samples:
             values = []
-            for argument in sample["arguments"].values():
-                context, continuation = argument["arg_0"], argument["arg_1"]
+            for context, continuation in sample["pairs"]:
                 spaces = len(context) - len(context.rstrip())
                 if spaces:
                     context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -171,7 +166,7 @@ def check_against_logits(model_path: Path, accuracy: float, samples: list[dict])
     scores = independent_scores(model_path, samples)
     picks = 0
     for sample in samples:
-        theirs = [float(resp[0][0]) for resp in sample["resps"]]
+        theirs = sample["logliks"]
         ours = scores[sample["doc_id"]]
         assert np.allclose(theirs, ours, atol=2e-3, rtol=0), (sample["doc_id"], theirs, ours)
         picks += int(np.argmax(ours)) == int(sample["target"])
@@ -195,28 +190,25 @@ def test_kobest_format_task_on_random_weights_equals_the_engine_logits(served, t
     url, path = served
     write_task(tmp_path / "tasks", "ko_boolq_local", boolq_docs(KOREAN_ITEMS),
                text="{{paragraph}} 질문: {{question}} 답변: ", choices=["아니오", "예"])  # kobest_boolq's own
-    [(accuracy, samples)] = run_lm_eval(url, tmp_path / "tasks", ["ko_boolq_local"], tmp_path).values()
+    [(accuracy, samples)] = run_lm_eval(url, tmp_path / "tasks", ["ko_boolq_local"], tmp_path, cli=False).values()
     assert len(samples) == len(KOREAN_ITEMS)
     check_against_logits(path, accuracy, samples)
 
 
 @pytest.mark.parametrize("served", ["smollm2_gguf"], indirect=True)
 def test_smollm2_scores_above_chance_and_equals_the_engine_logits(served, tmp_path: Path) -> None:
-    """Real weights, two binary tasks in KoBEST's formats, in English (SmolLM2 reads little Korean): BoolQ's
-    yes/no questions and SentiNeg's sentiment. Both must equal the engine's logits; sentiment must beat chance."""
+    """Real weights, lm-eval's command line: a binary task in KoBEST SentiNeg's format, in English (SmolLM2 reads
+    little Korean). (Yes/no questions in BoolQ's format score at chance on this 135M model: it answers "no" to
+    nearly all of them, so they prove nothing the random-weight test above does not.)"""
     url, path = served
-    write_task(tmp_path / "tasks", "en_boolq_local", boolq_docs(ENGLISH_ITEMS),
-               text="{{paragraph}} Question: {{question}} Answer:", choices=["no", "yes"])
     sentences = [{"sentence": sentence, "label": label} for sentence, label in SENTIMENT_ITEMS]
     write_task(tmp_path / "tasks", "en_sentineg_local", sentences,
-               text="Sentence: {{sentence}} Sentiment:", choices=["negative", "positive"])
-    found = run_lm_eval(url, tmp_path / "tasks", ["en_boolq_local", "en_sentineg_local"], tmp_path)
-    for name, (accuracy, samples) in found.items():
-        check_against_logits(path, accuracy, samples)
-        print(f"SmolLM2-135M-Instruct Q4_1, {name}, {len(samples)} items: accuracy {accuracy:.3f}")
-    assert len(found["en_boolq_local"][1]) == len(ENGLISH_ITEMS)
-    assert len(found["en_sentineg_local"][1]) == len(SENTIMENT_ITEMS)
-    assert found["en_sentineg_local"][0] >= 0.75  # chance is 0.5: 18 of 24 by luck has p < 0.012
+               text="Sentence: {{sentence}} Sentiment:", choices=["negative", "positive"])  # kobest_sentineg's shape
+    [(accuracy, samples)] = run_lm_eval(url, tmp_path / "tasks", ["en_sentineg_local"], tmp_path, cli=True).values()
+    assert len(samples) == len(SENTIMENT_ITEMS)
+    check_against_logits(path, accuracy, samples)
+    print(f"SmolLM2-135M-Instruct Q4_1, {len(samples)} sentiment items: accuracy {accuracy:.3f}")
+    assert accuracy >= 0.75  # chance is 0.5: 18 of 24 by luck has p < 0.012
 
 
 @pytest.mark.parametrize("served", ["smollm2_gguf"], indirect=True)
