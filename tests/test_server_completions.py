@@ -135,7 +135,12 @@ def test_echo_in_the_openai_client_and_in_a_stream(url: str, client: openai.Open
     assert streamed == logprobs.token_logprobs
     echo_only = client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], echo=True, max_tokens=0)
     assert echo_only.choices[0].text == PROMPTS[0] and echo_only.choices[0].logprobs is None
-    assert echo_only.usage.completion_tokens == 0
+    assert echo_only.usage.completion_tokens == 0 and echo_only.choices[0].finish_reason == "length"
+    scored_only = list(client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], echo=True, logprobs=1,
+                                                 max_tokens=0, stream=True))
+    assert [c.choices[0].text for c in scored_only] == [PROMPTS[0], ""]
+    assert scored_only[0].choices[0].logprobs.token_logprobs == logprobs.token_logprobs[: whole.usage.prompt_tokens]
+    assert scored_only[-1].choices[0].finish_reason == "length"
 
 
 def test_echo_requests_from_many_clients_at_once(url: str, engine: Engine, reference: LlamaModel) -> None:
