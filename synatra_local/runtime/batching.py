@@ -175,6 +175,8 @@ class BatchScheduler:
             chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
             budget -= len(chunk)
             wants = slot.job is not None and not slot.pending
+            # a scored prompt asks for every position's logits (llama.cpp allows an output row for each entry of a
+            # batch: the context's n_outputs_max is left at 0, which means n_batch)
             every = slot.job is not None and slot.job.prompt_logprobs is not None
             start = len(slot.cached)
             if every:
