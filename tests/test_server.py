@@ -347,11 +347,20 @@ def test_bad_completion_requests_get_400(served) -> None:
         ({"prompt": "x", "top_k": 2**40}, "top_k"),
         ({"prompt": "x", "seed": -(2**63) - 1}, "seed"),
         ({"prompt": 5}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt[0]"),
-        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [1, "a"]}, "any"),  # mixed forms
+        ({"prompt": [[1, 2], "a"]}, "any"),
+        ({"prompt": [[1, 2], []]}, "any"),
+        ({"prompt": [True, False]}, "any"),  # strict: booleans are no token ids
+        ({"prompt": [1.0, 2.0]}, "any"),
+        ({"prompt": [1, 2, 10**6]}, "prompt"),  # outside the vocabulary
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": [[1, 2], [3, 2**31]]}, "prompt[1]"),
+        ({"prompt": ["a", "b\ud800"]}, "prompt[1]"),
+        ({"prompt": ["a", "b"], "stream": True}, "stream"),  # one prompt per stream
         ({}, "prompt"),
         ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
-        ({"prompt": "x", "echo": True}, "echo"),
+        ({"prompt": "x", "echo": True, "logprobs": 21}, "logprobs"),
     ]:
         content = json.dumps(body).encode()  # ASCII escapes: lone surrogates travel as JSON carries them
         response = httpx.post(f"{served.url}/v1/completions", content=content, timeout=30,

@@ -515,6 +515,7 @@ class LlamaModel:
         self._n_threads = n_threads
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
+        self._input_pieces: dict[int, bytes] = {}
         self._all_logits: list[np.ndarray] = []
         self.evaluated_tokens = 0  # every token decoded since load, for statistics and tests
 
@@ -602,11 +603,19 @@ class LlamaModel:
             piece = self._pieces[token] = self._piece(token)
         return piece
 
-    def _piece(self, token: int, size: int = 64) -> bytes:
+    def input_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for in model input: control tokens as their text (`<s>`), as llama-server's
+        /detokenize shows them, so that tokenizing the text with special parsing gives the token back."""
+        piece = self._input_pieces.get(token)
+        if piece is None:
+            piece = self._input_pieces[token] = self._piece(token, special=True)
+        return piece
+
+    def _piece(self, token: int, size: int = 64, *, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, False)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
         if n < 0:  # the piece is longer than the buffer: llama.cpp says how long
-            return self._piece(token, -n)
+            return self._piece(token, -n, special=special)
         return buf.raw[:n]
 
     def token_text(self, token: int) -> str:

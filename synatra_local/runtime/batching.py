@@ -170,15 +170,22 @@ class BatchScheduler:
                 entries.append(BatchEntry(slot.next_token, len(slot.cached), slot.seq, True))
         budget = self._model.n_batch - len(entries)
         fed: list[tuple[_Slot, list[int]]] = []
+        scored: list[tuple[_Slot, int, int]] = []  # prompts scored token by token: (slot, first position, batch index)
         for slot in self._slots:
             if not slot.pending or budget <= 0:
                 continue
             chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
             budget -= len(chunk)
             wants = slot.job is not None and not slot.pending
+            # a scored prompt asks for every position's logits (llama.cpp allows an output row for each entry of a
+            # batch: the context's n_outputs_max is left at 0, which means n_batch)
+            every = slot.job is not None and slot.job.prompt_logprobs is not None
             start = len(slot.cached)
+            if every:
+                scored.append((slot, start, len(entries)))
             entries += [
-                BatchEntry(token, start + i, slot.seq, wants and i == len(chunk) - 1) for i, token in enumerate(chunk)
+                BatchEntry(token, start + i, slot.seq, every or (wants and i == len(chunk) - 1))
+                for i, token in enumerate(chunk)
             ]
             fed.append((slot, chunk))
             if wants:
@@ -200,6 +207,8 @@ class BatchScheduler:
                 slot.next_token = None
         for slot, chunk in fed:
             slot.cached += chunk
+        for slot, start, index in scored:
+            self._score_prompt(slot, start, index)
         for slot, index in sampled:
             try:
                 self._sample(slot, index)
@@ -207,9 +216,21 @@ class BatchScheduler:
                 if slot.job is not None:
                     self._finish(slot, "cancelled", error)
 
+    def _score_prompt(self, slot: _Slot, start: int, index: int) -> None:
+        """Each prompt token's log-probability given the tokens before it, from the rows of this chunk: the row at
+        position p scores the prompt's token p + 1 (the last row scores the first generated token instead)."""
+        job = slot.job
+        assert job is not None and job.prompt_logprobs is not None
+        for position in range(start, min(len(slot.cached), len(job.tokens) - 1)):
+            row = self._model.logits_row(index + position - start)
+            job.prompt_scores.append(token_logprob(self._model, row, job.tokens[position + 1], job.prompt_logprobs))
+
     def _sample(self, slot: _Slot, index: int) -> None:
         job = slot.job
         assert job is not None
+        if not job.generate:  # the prompt only was asked for (its logprobs): nothing is sampled
+            self._finish(slot, "max_tokens")
+            return
         sampler = job.sampler
         logprob = None
         if job.options.logprobs is not None:  # the distribution before sampling, from the raw logits row
@@ -282,6 +303,8 @@ class BatchScheduler:
     def _start(self, slot: _Slot, job: Job) -> None:
         keep = common_prefix(slot.cached, job.tokens)
         keep = min(keep, len(job.tokens) - 1)  # at least one token is evaluated, for its logits
+        if job.prompt_logprobs is not None:  # every prompt position's logits are needed: nothing cached is reused
+            keep = 0
         self._model.forget(slot.seq, keep)
         slot.cached = slot.cached[:keep]
         slot.pending = job.tokens[keep:]

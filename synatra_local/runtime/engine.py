@@ -124,10 +124,18 @@ class Job:
         options: GenerationOptions,
         stats: GenerationStats,
         turn: tuple[list[Message], str] | None,
+        *,
+        prompt_logprobs: int | None = None,
+        generate: bool = True,
     ) -> None:
         model = engine._model
         self.tokens = tokens
         self.options = options
+        # with `prompt_logprobs` (0 … 20), each prompt token after the first is scored given those before it, with
+        # that many alternatives (`prompt_scores`); `generate=False` stops once the prompt is read
+        self.prompt_logprobs = prompt_logprobs
+        self.prompt_scores: list[TokenLogprob] = []
+        self.generate = generate
         self.stats = stats
         self.sampler = model.sampler(_sampling(options), seed=options.seed, grammar=options.constraint())
         self.logprobs: list[TokenLogprob] = []
@@ -173,9 +181,11 @@ class Job:
             return "cancelled"
         if self._is_end(token):
             self._end_token = token
+            self._keep_scored(logprob)
             return "end_of_turn"
         piece = self._token_bytes(token)
         if not piece and self._token_text(token) in self._markers:
+            self._keep_scored(logprob)
             return "stop"
         self.reply.append(token)
         stats.generated_tokens += 1
@@ -197,6 +207,12 @@ class Job:
             return "context_full"
         return None
 
+    def _keep_scored(self, logprob: TokenLogprob | None) -> None:
+        """A token that ends the reply is no text, but a scored prompt's client (lm-eval's loglikelihood) counts
+        on one logprob per token the model chose, as OpenAI's echo gives it (`<|endoftext|>` included)."""
+        if logprob is not None and self.prompt_logprobs is not None:
+            self._held.append(logprob)
+
     def finish(self, reason: StopReason, error: BaseException | None) -> list[int] | None:
         """End the reply; returns the conversation's tokens as its next turn starts from them, if it has one."""
         self.stats.stop_reason = reason
@@ -209,6 +225,8 @@ class Job:
                 tail = shown + self._scanner.flush()
                 if tail or self._held:
                     self._emit(tail)
+            elif error is None and self._held and self.prompt_logprobs is not None:
+                self._emit("")
             if error is None and self._turn is not None and reason != "stop":
                 messages, prompt_text = self._turn
                 turn_tokens = self._engine._prompts.remember(
@@ -259,6 +277,22 @@ class Generation:
     @property
     def tokens(self) -> list[int]:
         return self._job.reply
+
+    @property
+    def prompt(self) -> list[int]:
+        """The prompt's tokens, as evaluated."""
+        return self._job.tokens
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether the prompt's tokens are scored (`complete(prompt_logprobs=N)`)."""
+        return self._job.prompt_logprobs is not None
+
+    @property
+    def prompt_logprobs(self) -> list[TokenLogprob]:
+        """Each prompt token after the first, scored given those before it (with `complete(prompt_logprobs=N)`);
+        complete once the first piece of text (or the end) has arrived."""
+        return self._job.prompt_scores
 
     def start(self, on_piece: PieceCallback, on_done: DoneCallback) -> None:
         """Run it, handing each piece of text (and its tokens' logprobs) to `on_piece` and the end to `on_done`,
@@ -440,17 +474,80 @@ class Engine:
         stats.prompt_tokens = len(tokens)
         return Generation(self, Job(self, tokens, options, stats, (messages, prompt_text)))
 
-    def complete(self, prompt: str, options: GenerationOptions | None = None) -> Generation:
-        """Raw completion of `prompt` text with no chat template (BOS added as the model asks).
+    def complete(
+        self,
+        prompt: str | Sequence[int],
+        options: GenerationOptions | None = None,
+        *,
+        prompt_logprobs: int | None = None,
+        generate: bool = True,
+    ) -> Generation:
+        """Raw completion of `prompt` with no chat template: text (BOS added as the model asks) or token ids,
+        evaluated exactly as given (no BOS added).
 
         Unlike chat messages, the prompt is raw model input: special-token strings in it (`<s>`, `<|im_start|>`)
-        become those tokens, as in llama-server's /completion.
+        become those tokens, as in llama-server's /completion. `prompt_logprobs` (0 … 20) scores every prompt token
+        after the first given those before it, with that many alternatives (`generation.prompt_logprobs`), as
+        lm-evaluation-harness needs for its loglikelihood tasks; `generate=False` stops once the prompt is read.
         """
         options = options or GenerationOptions()
-        check_text(prompt, "the prompt")
-        tokens = self._model.tokenize(prompt, add_bos=self._model.adds_bos, special=True)
+        limits.check_optional("logprobs", prompt_logprobs)
+        if isinstance(prompt, str):
+            check_text(prompt, "the prompt")
+            tokens = self._model.tokenize(prompt, add_bos=self._model.adds_bos, special=True)
+        else:
+            tokens = self.check_tokens(prompt)
         self._check_fits(tokens)
-        return Generation(self, Job(self, tokens, options, GenerationStats(prompt_tokens=len(tokens)), None))
+        stats = GenerationStats(prompt_tokens=len(tokens))
+        job = Job(self, tokens, options, stats, None, prompt_logprobs=prompt_logprobs, generate=generate)
+        return Generation(self, job)
+
+    @property
+    def n_vocab(self) -> int:
+        return self._model.n_vocab
+
+    def check_tokens(self, tokens: Sequence[int]) -> list[int]:
+        """Token ids given by a client, as a list; one outside the vocabulary is a SynatraError naming it."""
+        n_vocab = self._model.n_vocab
+        for index, token in enumerate(tokens):
+            if not 0 <= token < n_vocab:
+                raise SynatraError(
+                    f"token {token} (at index {index}) is not in this model's vocabulary of {n_vocab} tokens",
+                    fix=f"give token ids from 0 to {n_vocab - 1}",
+                )
+        return list(tokens)
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """`text` as model input (special-token strings become those tokens); `add_special` adds BOS as the model
+        asks (llama-server's /tokenize, Hugging Face's `add_special_tokens`)."""
+        check_text(text, "the text")
+        return self._model.tokenize(text, add_bos=add_special and self._model.adds_bos, special=True)
+
+    def token_input_bytes(self, token: int) -> bytes:
+        """A token's bytes as model input: control tokens as their text (`</s>`), which tokenize back to them."""
+        return self._model.input_bytes(token)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of `tokens` as model input (control tokens as their text), as llama-server's /detokenize."""
+        data = b"".join(self._model.input_bytes(token) for token in self.check_tokens(tokens))
+        return data.decode("utf-8", errors="replace")
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether the model asks for BOS before a text prompt (a token prompt gets none added)."""
+        return self._model.adds_bos
+
+    @property
+    def bos_token(self) -> str | None:
+        """The BOS token's text (`<s>`), None where the vocabulary has none."""
+        return self._token_string(self._model.bos_id)
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._token_string(self._model.eos_id)
+
+    def _token_string(self, token: int) -> str | None:
+        return self._model.token_text(token) if 0 <= token < self._model.n_vocab else None
 
     def cancel(self) -> None:
         """Stop every running and queued generation (from any thread) within one step."""

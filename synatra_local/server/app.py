@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API over one Engine: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`.
+"""The OpenAI-compatible API over one Engine: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
+and the tokenizer (`/tokenize`, `/detokenize`, `/tokenizer_info`: tokenizer.py).
 
 Every refusal is a 4xx with OpenAI's error object `{"error": {"message", "type", "param", "code"}}`; request
 validation errors are 400 (as OpenAI answers them), never FastAPI's default 422. A request is validated and its
@@ -28,6 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synatra_local.core.errors import SynatraError
 from synatra_local.runtime.limits import RANDOM_SEED
 
+from .completions import (
+    completion_logprobs,
+    completion_prompts,
+    echo_text,
+    join_logprobs,
+    prompt_logprobs,
+    prompt_param,
+    token_text,
+)
 from .scheduler import Scheduler
 from .schemas import (
     MAX_STOP_STRINGS,
@@ -39,6 +49,7 @@ from .schemas import (
     error_body,
     param_path,
 )
+from .tokenizer import add_tokenizer
 from .web import add_web, is_web_path
 
 if TYPE_CHECKING:
@@ -89,6 +100,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     _install_error_handlers(app)
+    add_tokenizer(app, engine)
     app.add_middleware(_LastResort)  # added last: the outermost of ours
     if web:
         add_web(app)
@@ -124,29 +136,6 @@ def create_app(
             )
         return model_object()
 
-    async def respond(
-        start: Callable[[], Generation],
-        prompt_param: str,
-        body: SamplingFields,
-        request: Request,
-        max_tokens: int | None,
-        max_param: str,
-        *,
-        chat: bool,
-    ) -> Any:
-        """Both endpoints from here on: start (prompt checked), check the room, then stream events or one JSON."""
-        generation = await run_in_threadpool(_start, start, prompt_param)
-        _check_room(engine, generation, max_tokens, max_param)
-        reply = _Reply("chatcmpl" if chat else "cmpl", model_id, generation.stats.prompt_tokens,
-                       logprobs=generation_logprobs(generation))
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            make_events = _chat_events if chat else _completion_events
-            events = make_events(scheduler, generation, reply, usage, stream_interval)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(scheduler, generation, request)
-        return reply.chat_completion(text, generation) if chat else reply.text_completion(text, generation)
-
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         if body.n not in (None, 1):
@@ -163,27 +152,49 @@ def create_app(
         )
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         options = _options(body, max_tokens, param, max_tokens_cap, logprobs=logprobs)
-        return await respond(lambda: engine.stream(messages, options), "messages", body, request, max_tokens, param,
-                             chat=True)
+        generation = await run_in_threadpool(_start, lambda: engine.stream(messages, options), "messages")
+        _check_room(engine, generation, max_tokens, param)
+        reply = _Reply("chatcmpl", model_id, generation.stats.prompt_tokens, logprobs=logprobs is not None)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _chat_events(scheduler, generation, reply, usage, stream_interval)
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        [text] = await _collect(scheduler, [generation], request)
+        return reply.chat_completion(text, generation)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         if body.n not in (None, 1) or (body.best_of or 1) > 1:
             raise APIError(400, "n and best_of > 1 are not supported: this server returns one choice", param="n")
-        if body.echo:
-            raise APIError(400, "echo is not supported", param="echo")
         if body.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
-        if isinstance(body.prompt, list):
-            if len(body.prompt) != 1:
-                raise APIError(400, "one prompt per request is supported", param="prompt")
-            prompt = body.prompt[0]
-        else:
-            prompt = body.prompt
-        options = _options(body, body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens", max_tokens_cap,
-                           logprobs=body.logprobs)
-        return await respond(lambda: engine.complete(prompt, options), "prompt", body, request, options.max_tokens,
-                             "max_tokens", chat=False)
+        prompts = completion_prompts(body)
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+        options = _options(body, max(max_tokens, 1), "max_tokens", max_tokens_cap, logprobs=body.logprobs)
+        scored = body.logprobs if body.echo else None  # echo with logprobs: the prompt's own tokens are scored
+
+        def start(prompt: str | list[int]) -> Generation:
+            return engine.complete(prompt, options, prompt_logprobs=scored, generate=max_tokens > 0)
+
+        generations: list[Generation] = []
+        try:
+            for index, prompt in enumerate(prompts):
+                generations.append(await run_in_threadpool(_start, lambda p=prompt: start(p),
+                                                           prompt_param(prompts, index)))
+                _check_room(engine, generations[-1], max_tokens, "max_tokens")
+        except BaseException:
+            for generation in generations:
+                generation.close()
+            raise
+        echoes = [echo_text(engine, prompt) if body.echo else "" for prompt in prompts]
+        reply = _Reply("cmpl", model_id, sum(g.stats.prompt_tokens for g in generations),
+                       logprobs=body.logprobs is not None)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _completion_events(scheduler, generations[0], reply, usage, stream_interval, echoes[0], engine)
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        texts = await _collect(scheduler, generations, request)
+        return reply.text_completion(engine, texts, generations, echoes)
 
     return app
 
@@ -300,9 +311,9 @@ class _Reply:
         self.prompt_tokens = prompt_tokens
         self.logprobs = logprobs
 
-    def usage(self, generation: Generation) -> dict[str, int]:
-        prompt = generation.stats.prompt_tokens or self.prompt_tokens
-        completion = generation.stats.generated_tokens
+    def usage(self, *generations: Generation) -> dict[str, int]:
+        prompt = sum(g.stats.prompt_tokens for g in generations) or self.prompt_tokens
+        completion = sum(g.stats.generated_tokens for g in generations)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def head(self, object_name: str) -> dict[str, Any]:
@@ -323,23 +334,24 @@ class _Reply:
         }
         return {**self.head("chat.completion"), "choices": [choice], "usage": self.usage(generation)}
 
-    def text_completion(self, text: str, generation: Generation) -> dict[str, Any]:
-        logprobs = completion_logprobs(generation.logprobs) if self.logprobs else None
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(generation)}
-        return {**self.head("text_completion"), "choices": [choice], "usage": self.usage(generation)}
+    def text_completion(
+        self, engine: Engine, texts: list[str], generations: list[Generation], echoes: list[str]
+    ) -> dict[str, Any]:
+        """One choice per prompt, in order; with `echo` each text starts with its prompt (`echoes`, else "")."""
+        choices = []
+        for index, (text, generation, echo) in enumerate(zip(texts, generations, echoes, strict=True)):
+            logprobs = None
+            if self.logprobs:
+                logprobs = completion_logprobs(generation.logprobs, len(echo))
+                if generation.scores_prompt:
+                    logprobs = join_logprobs(prompt_logprobs(engine, generation, echo), logprobs)
+            choices.append({"index": index, "text": echo + text, "logprobs": logprobs,
+                            "finish_reason": finish_reason(generation)})
+        return {**self.head("text_completion"), "choices": choices, "usage": self.usage(*generations)}
 
 
 def finish_reason(generation: Generation) -> str:
     return FINISH_REASONS.get(generation.stats.stop_reason or "", "stop")
-
-
-def generation_logprobs(generation: Generation) -> bool:
-    return generation.options.logprobs is not None
-
-
-def _token_text(data: bytes) -> str:
-    """A token's text; a token that is part of a character (Korean byte fallback) shows its bytes as `\\xNN`."""
-    return data.decode("utf-8", errors="backslashreplace")
 
 
 def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
@@ -347,30 +359,16 @@ def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
     return {
         "content": [
             {
-                "token": _token_text(entry.bytes),
+                "token": token_text(entry.bytes),
                 "logprob": entry.logprob,
                 "bytes": list(entry.bytes),
                 "top_logprobs": [
-                    {"token": _token_text(data), "logprob": value, "bytes": list(data)} for _, data, value in entry.top
+                    {"token": token_text(data), "logprob": value, "bytes": list(data)} for _, data, value in entry.top
                 ],
             }
             for entry in logprobs
         ],
         "refusal": None,
-    }
-
-
-def completion_logprobs(logprobs: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (characters)."""
-    text_offset, data = [], b""
-    for entry in logprobs:
-        text_offset.append(offset + len(data.decode("utf-8", errors="ignore")))
-        data += entry.bytes
-    return {
-        "tokens": [_token_text(entry.bytes) for entry in logprobs],
-        "token_logprobs": [entry.logprob for entry in logprobs],
-        "top_logprobs": [{_token_text(d): value for _, d, value in entry.top} for entry in logprobs],
-        "text_offset": text_offset,
     }
 
 
@@ -428,7 +426,8 @@ async def _chat_events(
 
 
 async def _completion_events(
-    scheduler: Scheduler, generation: Generation, reply: _Reply, include_usage: bool, interval: float
+    scheduler: Scheduler, generation: Generation, reply: _Reply, include_usage: bool, interval: float, echo: str,
+    engine: Engine,
 ) -> AsyncIterator[bytes]:
     head = reply.head("text_completion")
 
@@ -437,15 +436,25 @@ async def _completion_events(
         return _event({**head, "choices": [choice]})
 
     content = _text_chunks(chunk(_MARK))
-    sent = 0
+    sent = len(echo)
+
+    def echoed() -> bytes:  # the prompt first, once it is read (its logprobs are known then)
+        scored = generation.scores_prompt and reply.logprobs
+        return chunk(echo, logprobs=prompt_logprobs(engine, generation, echo) if scored else None)
+
     try:
         async with aclosing(scheduler.pieces(generation, interval=interval)) as pieces:
             async for text, logprobs in pieces:
+                if echo:
+                    yield echoed()
+                    echo = ""
                 if reply.logprobs:
                     yield chunk(text, logprobs=completion_logprobs(logprobs, sent))
                 else:
                     yield content(text)
                 sent += len(text)
+        if echo:
+            yield echoed()
         yield chunk("", finish_reason(generation))
         if include_usage:
             yield _event({**head, "choices": [], "usage": reply.usage(generation)})
@@ -454,20 +463,27 @@ async def _completion_events(
     yield DONE_EVENT
 
 
-async def _collect(scheduler: Scheduler, generation: Generation, request: Request) -> str:
-    """The whole reply; a client that hangs up before it is done cancels the generation."""
+async def _collect(scheduler: Scheduler, generations: list[Generation], request: Request) -> list[str]:
+    """Each whole reply (decoded together, up to the engine's `parallel`); a client that hangs up before they are
+    done cancels them all."""
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        generation.cancel()
+        for generation in generations:
+            generation.cancel()
+
+    async def whole(generation: Generation) -> str:
+        async with aclosing(scheduler.pieces(generation, interval=None)) as pieces:
+            return "".join([text async for text, _ in pieces])
 
     watcher = asyncio.create_task(watch())
     try:
-        async with aclosing(scheduler.pieces(generation, interval=None)) as pieces:
-            return "".join([text async for text, _ in pieces])
+        return list(await asyncio.gather(*(whole(generation) for generation in generations)))
     finally:
         watcher.cancel()
+        for generation in generations:  # one that failed ends the others too
+            generation.cancel()
 
 
 # -- errors --------------------------------------------------------------------------------------------------

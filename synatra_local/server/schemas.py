@@ -89,17 +89,37 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Any] | None = None
 
 
+TokenIds = Annotated[list[int], Field(min_length=1)]
+Prompts = Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: Text | Annotated[list[Text], Field(min_length=1)]
+    # OpenAI's four forms: a text, texts, token ids, lists of token ids (one choice per prompt)
+    prompt: Prompts
+    # 0: nothing generated (with echo, only the prompt's tokens and their logprobs)
+    max_tokens: Annotated[int | None, Field(ge=0, le=RANGES["max_tokens"].high)] = None
     echo: bool | None = None
     suffix: Text | None = None
     logprobs: Annotated[int | None, _bounds("logprobs")] = None
     best_of: Annotated[int | None, Field(ge=1, le=INT32_MAX)] = None
 
 
+class TokenizeRequest(_Strict):
+    content: Text | None = None  # llama-server
+    prompt: Text | None = None  # vLLM
+    add_special: bool | None = None  # llama-server's name (default false)
+    add_special_tokens: bool | None = None  # vLLM's and Hugging Face's name (default true)
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    tokens: list[int]
+
+
 FIELD_NAMES = frozenset(
     name
-    for model in (ContentPart, ChatMessage, StreamOptions, ChatCompletionRequest, CompletionRequest)
+    for model in (ContentPart, ChatMessage, StreamOptions, ChatCompletionRequest, CompletionRequest, TokenizeRequest,
+                  DetokenizeRequest)
     for name in model.model_fields
 )
 
