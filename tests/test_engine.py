@@ -234,6 +234,7 @@ def test_next_turn_after_end_of_turn_evaluates_only_new_tokens(engine: Engine, m
     assert new_text.startswith("[INST] 두 번째 질문")
     assert tokens2[len(tokens1) + len(reply_ids) + 1 :] == model.tokenize(new_text, add_bos=False, special=True)
 
+    engine.wait_idle()  # the user reads the reply: meanwhile its last token and end token are evaluated
     generation = engine.stream(turn2, GenerationOptions(max_tokens=4, seed=1))
     "".join(generation)
     # Only the new turn's text: the reply's last token and its end token were evaluated right after the reply.

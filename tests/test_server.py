@@ -198,8 +198,19 @@ def test_eight_concurrent_clients_get_whole_replies(served, client) -> None:
     assert health["status"] == "ok" and not health["busy"] and health["waiting"] == 0
 
 
-def test_requests_are_served_in_arrival_order(served) -> None:
+def test_requests_are_served_in_arrival_order(served, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued requests start in the order they came. (Two that start in the same step also finish in the same
+    step, so the order their responses complete in is a race; the order they start in is not.)"""
     finished: list[str] = []
+    started: list[list[int]] = []
+    batcher = engine._scheduler
+    real_start = batcher._start
+
+    def record_start(slot, job) -> None:
+        started.append(list(job.tokens))
+        real_start(slot, job)
+
+    monkeypatch.setattr(batcher, "_start", record_start)
 
     def ask(name: str, max_tokens: int) -> None:
         body = {"messages": [{"role": "user", "content": name}], "max_tokens": max_tokens, "seed": 1}
@@ -224,7 +235,9 @@ def test_requests_are_served_in_arrival_order(served) -> None:
         thread.join(120)
     if finished[:2] != ["long1", "long2"] and finished[:2] != ["long2", "long1"]:
         pytest.skip("a long generation ended before the queue formed")
-    assert finished[2:] == list("ABCDE")
+    prompts = {tuple(engine.prompt_tokens([{"role": "user", "content": name}])): name for name in "ABCDE"}
+    assert [prompts[tuple(tokens)] for tokens in started if tuple(tokens) in prompts] == list("ABCDE")
+    assert sorted(finished[2:]) == list("ABCDE")
 
 
 def test_health_answers_during_a_generation(served) -> None:
