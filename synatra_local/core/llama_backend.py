@@ -373,6 +373,7 @@ class Sampler:
             self._tail = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
             add = functools.partial(llama_cpp.llama_sampler_chain_add, self._tail)
             self._candidates = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
+            self._ids = np.arange(model.n_vocab, dtype=np.int32)
             self._one = np.zeros(1, dtype=_TOKEN_DATA)
         # how many tokens the draw can choose among: the best one, or top-k of them (everything when top-k is off)
         self._draw_width = 1
@@ -392,10 +393,7 @@ class Sampler:
         if self._grammar is None:
             return int(llama_cpp.llama_sampler_sample(self._head, self._ctx, index))
         row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
-        candidates = self._candidates
-        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        candidates["logit"] = row
-        candidates["p"] = 0.0
+        candidates = self._whole_vocabulary(row)
         self._apply(self._head, candidates)  # penalty and ban: scores change, order does not
         scores = candidates["logit"].copy()
         token = int(candidates["id"][self._apply(self._tail, candidates)])
@@ -418,12 +416,17 @@ class Sampler:
             left_out = np.delete(scores, ids).max()
             if len(passed) >= self._draw_width and passed[self._draw_width - 1] > left_out:
                 return int(shortlist["id"][self._apply(self._tail, shortlist)])
-        candidates = self._candidates
-        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        candidates["logit"] = scores
-        candidates["p"] = 0.0
+        candidates = self._whole_vocabulary(scores)
         self._apply(self._grammar, candidates)
         return int(candidates["id"][self._apply(self._tail, candidates)])
+
+    def _whole_vocabulary(self, scores: np.ndarray) -> np.ndarray:
+        """Every token as a candidate with its score, in id order (the samplers sort and trim the array in place)."""
+        candidates = self._candidates
+        candidates["id"] = self._ids
+        candidates["logit"] = scores
+        candidates["p"] = 0.0
+        return candidates
 
     @staticmethod
     def _apply(sampler: object, candidates: np.ndarray) -> int:
