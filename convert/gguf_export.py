@@ -223,7 +223,7 @@ def _write_tensor(t: PlannedTensor, fout: BinaryIO, files: SourceFiles, progress
 
 def _unchanged(t: PlannedTensor) -> bool:
     """The output bytes are the checkpoint's bytes: same type, no q/k reordering, stored contiguously."""
-    same = {"F16": _GGML.F16, "F32": _GGML.F32, "BF16": _GGML.BF16}.get(t.source.dtype) == t.ggml_type
+    same = _GGML[t.source.dtype] == t.ggml_type  # checkpoint dtypes are F32/F16/BF16, named as ggml names them
     return same and not t.permute_heads and t.source.offset is not None
 
 
