@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,18 +21,21 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, er
 
 
 class SourceFiles:
-    """Read-only descriptors of a checkpoint's shards, opened on first use with a sequential-read hint."""
+    """Read-only descriptors of a checkpoint's shards, opened on first use with a sequential-read hint (by the
+    writer or the read-ahead thread, whichever comes first)."""
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
+        self._opening = threading.Lock()
 
     def fd(self, path: Path) -> int:
-        if path not in self._fds:
-            fd = os.open(path, os.O_RDONLY)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            self._fds[path] = fd
-        return self._fds[path]
+        with self._opening:
+            if path not in self._fds:
+                fd = os.open(path, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self._fds[path] = fd
+            return self._fds[path]
 
     def prefetch(self, path: Path, offset: int, count: int) -> None:
         """Ask the kernel to start reading a range now (the next tensor, while this one is written)."""

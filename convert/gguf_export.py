@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,7 @@ from .checkpoint import Checkpoint, HyperParameters
 from .file_ranges import SourceFiles, copy_range, read_array
 from .naming import model_display_name
 from .prompt_format import resolve_prompt_format
+from .read_ahead import ReadAhead
 from .tensors import NUMPY_STORAGE, SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
 from .vocab import Vocabulary, load_vocabulary
 
@@ -40,6 +42,7 @@ _FILE_TYPES = {
 # Checkpoint tensors with no meaning for inference that older transformers versions saved.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 CHUNK_BYTES = 64 << 20
+READ_AHEAD_BYTES = 128 << 20  # converted bytes waiting for the writer, at most
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,11 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         progress.start(f"convert → {output.name}", data_bytes)
-        with SourceFiles() as files:
+        with SourceFiles() as files, ReadAhead(_changed(plan, files), READ_AHEAD_BYTES) as ahead:
             for t, following in zip(plan, plan[1:] + [None], strict=True):
                 if following is not None and following.source.offset is not None:
                     files.prefetch(following.source.file, following.source.offset, following.source.nbytes)
-                writer.write_tensor_data(_StreamedTensor(t, files, progress))
+                writer.write_tensor_data(_StreamedTensor(t, files, ahead, progress))
         assert writer.fout is not None
         for f in writer.fout:
             f.flush()
@@ -190,19 +193,30 @@ def _add_metadata(
 class _StreamedTensor:
     """Looks enough like an ndarray for GGUFWriter.write_tensor_data, but writes itself in chunks."""
 
-    def __init__(self, planned: PlannedTensor, files: SourceFiles, progress: Progress) -> None:
+    def __init__(self, planned: PlannedTensor, files: SourceFiles, ahead: ReadAhead[str], progress: Progress) -> None:
         self.planned = planned
         self.files = files
+        self.ahead = ahead
         self.progress = progress
         self.nbytes = planned.nbytes
         self.shape = planned.shape
 
     def tofile(self, fout: BinaryIO) -> None:
-        _write_tensor(self.planned, fout, self.files, self.progress)
+        _write_tensor(self.planned, fout, self.files, self.ahead, self.progress)
 
 
-def _write_tensor(t: PlannedTensor, fout: BinaryIO, files: SourceFiles, progress: Progress) -> None:
-    """One tensor at the output's position: copied by the kernel when unchanged, else converted in row blocks."""
+def _changed(plan: list[PlannedTensor], files: SourceFiles) -> Iterator[tuple[str, Callable[[], Iterator[np.ndarray]]]]:
+    """The read-ahead's jobs: every tensor whose bytes change on the way, in output order."""
+    for t in plan:
+        if not _unchanged(t):
+            yield t.name, functools.partial(_converted_chunks, t, files)
+
+
+def _write_tensor(
+    t: PlannedTensor, fout: BinaryIO, files: SourceFiles, ahead: ReadAhead[str], progress: Progress
+) -> None:
+    """One tensor at the output's position: copied by the kernel when unchanged, else the read-ahead's converted
+    row blocks."""
     try:
         if _unchanged(t):
             assert t.source.offset is not None
@@ -211,8 +225,8 @@ def _write_tensor(t: PlannedTensor, fout: BinaryIO, files: SourceFiles, progress
             copy_range(files.fd(t.source.file), t.source.offset, fout.fileno(), start, t.nbytes, progress.advance)
             fout.seek(start + t.nbytes)
             return
-        for chunk in _converted_chunks(t, files):
-            fout.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+        for chunk in ahead.chunks(t.name):
+            fout.write(memoryview(chunk).cast("B"))
             progress.advance(chunk.nbytes)
     except EOFError as exc:
         raise CheckpointError(
@@ -250,7 +264,7 @@ def _converted_chunks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarr
             block = mapped[start : start + count]
         if t.permute_heads:
             block = _permute_rows(block, count // (rows // t.permute_heads))
-        yield _convert(block, t.source.dtype, t.ggml_type)
+        yield np.ascontiguousarray(_convert(block, t.source.dtype, t.ggml_type))
 
 
 def _mapped(t: PlannedTensor) -> np.ndarray:
