@@ -107,12 +107,16 @@ _PERSON_SCHEMA = (
 
 
 def _constrained(
-    model: llama_backend.LlamaModel, params: llama_backend.SamplingParams, seed: int, shortlist: int, spy: list[int]
+    model: llama_backend.LlamaModel,
+    params: llama_backend.SamplingParams,
+    seed: int,
+    shortlists: tuple[int, ...],
+    spy: list[int],
 ) -> list[int]:
     """40 grammar-constrained tokens after a fixed prompt; `spy` collects each grammar pass's candidate count."""
     grammar = llama_backend.json_schema_to_gbnf(_PERSON_SCHEMA)
     sampler = model.sampler(params, seed=seed, grammar=grammar)
-    sampler.SHORTLIST = shortlist
+    sampler.SHORTLISTS = shortlists
     real_apply = sampler._apply
 
     def apply(target: object, candidates) -> int:
@@ -136,7 +140,8 @@ def _constrained(
 def test_the_grammar_shortlist_draws_what_the_whole_vocabulary_draws(
     weights: str, tiny_q4_k_m: Path, smollm2_gguf: Path
 ) -> None:
-    """The re-draw reads the grammar over a shortlist first; greedy and seeded draws equal whole-vocabulary ones."""
+    """The re-draw reads the grammar over runs of the best candidates first; greedy and seeded draws equal
+    whole-vocabulary ones."""
     model = llama_backend.LlamaModel(tiny_q4_k_m if weights == "random" else smollm2_gguf, n_ctx=256)
     whole_reads, shortlist_reads = 0, 0
     try:
@@ -147,12 +152,62 @@ def test_the_grammar_shortlist_draws_what_the_whole_vocabulary_draws(
         ]:
             spy_short: list[int] = []
             spy_whole: list[int] = []
-            short = _constrained(model, params, seed, llama_backend.Sampler.SHORTLIST, spy_short)
-            whole = _constrained(model, params, seed, model.n_vocab + 1, spy_whole)
+            short = _constrained(model, params, seed, llama_backend.Sampler.SHORTLISTS, spy_short)
+            whole = _constrained(model, params, seed, (), spy_whole)
             assert short == whole, params
             whole_reads += sum(n == model.n_vocab for n in spy_short)
-            shortlist_reads += sum(n == llama_backend.Sampler.SHORTLIST for n in spy_short)
+            shortlist_reads += sum(1 < n < model.n_vocab for n in spy_short)
             assert sum(n == model.n_vocab for n in spy_whole) >= sum(n == model.n_vocab for n in spy_short)
     finally:
         model.close()
     assert shortlist_reads > whole_reads, "the shortlist serves most re-draws"
+
+
+def _grammar_in_chain(model: llama_backend.LlamaModel, repeat_penalty: float, prompt: list[int], n: int) -> list[int]:
+    """llama.cpp applying the grammar to every candidate of every step inside one chain (penalty → ban → grammar →
+    greedy): the slow, plain reading of a constrained greedy draw, built here with the binding directly."""
+    import math
+
+    import llama_cpp
+
+    grammar = llama_backend.json_schema_to_gbnf(_PERSON_SCHEMA).encode()
+    banned = [t.id for t in model.special_tokens if t.control and not model.is_end_of_generation(t.id)]
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for sampler in (
+        llama_cpp.llama_sampler_init_penalties(model.n_vocab, llama_backend.PENALTY_LAST_N, repeat_penalty, 0.0, 0.0),
+        llama_cpp.llama_sampler_init_logit_bias(
+            model.n_vocab, len(banned), (llama_cpp.llama_logit_bias * len(banned))(*[(t, -math.inf) for t in banned])
+        ),
+        llama_cpp.llama_sampler_init_grammar(model._vocab, grammar, b"root"),
+        llama_cpp.llama_sampler_init_greedy(),
+    ):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+    model.forget(0)
+    model.decode([llama_backend.BatchEntry(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+    tokens: list[int] = []
+    try:
+        while len(tokens) < n and not (tokens and model.is_end_of_generation(tokens[-1])):
+            tokens.append(llama_cpp.llama_sampler_sample(chain, model._ctx.ctx, -1))
+            model.decode([llama_backend.BatchEntry(tokens[-1], len(prompt) + len(tokens) - 1, 0, True)])
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    return tokens
+
+
+@pytest.mark.parametrize("repeat_penalty", [1.0, 1.5])
+def test_a_constrained_greedy_draw_equals_the_grammar_applied_to_every_candidate(
+    repeat_penalty: float, smollm2_gguf: Path
+) -> None:
+    """Drawing first and re-drawing only on refusal picks what llama.cpp picks with the grammar in the chain; with a
+    repeat penalty too, whose history must hold the tokens chosen, never the refused first draws."""
+    model = llama_backend.LlamaModel(smollm2_gguf, n_ctx=256)
+    try:
+        params = llama_backend.SamplingParams(temperature=0.0, repeat_penalty=repeat_penalty)
+        refusals: list[int] = []
+        ours = _constrained(model, params, 0, llama_backend.Sampler.SHORTLISTS, refusals)
+        prompt = model.tokenize("사람 한 명을 JSON으로: ", add_bos=True, special=False)
+        reference = _grammar_in_chain(model, repeat_penalty, prompt, 40)
+    finally:
+        model.close()
+    assert ours == reference
+    assert refusals, "some first draws were refused and re-drawn"
