@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import gguf
 import numpy as np
 
 from synatra_local.core.atomic import atomic_output, ensure_free_space
 from synatra_local.core.errors import CheckpointError, SynatraError
+from synatra_local.core.gguf_lib import gguf
 from synatra_local.core.model_meta import (
     PROMPT_FORMAT_KEY,
     PROMPT_FORMATS,
@@ -74,7 +74,11 @@ def resolve_outtype(outtype: str, checkpoint: Checkpoint) -> str:
 
 
 def plan_tensors(checkpoint: Checkpoint, outtype: str) -> list[PlannedTensor]:
-    """Map every checkpoint tensor to its llama.cpp name and type, refusing unknown or missing tensors."""
+    """Map every checkpoint tensor to its llama.cpp name and type, refusing unknown or missing tensors.
+
+    The output keeps the checkpoint's own byte order (shard by shard, offset by offset; llama.cpp finds tensors
+    by name), so every shard is read once from start to end, as a plain copy reads it.
+    """
     hp = checkpoint.hparams
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, hp.num_layers)
     main_type = _FILE_TYPES[outtype][0]
@@ -99,7 +103,7 @@ def plan_tensors(checkpoint: Checkpoint, outtype: str) -> list[PlannedTensor]:
             permute = hp.num_kv_heads
         planned.append(PlannedTensor(name, source, ggml_type, permute))
     _check_complete(checkpoint, planned)
-    return planned
+    return sorted(planned, key=lambda t: (str(t.source.file), t.source.offset or 0))
 
 
 def write_gguf(

@@ -13,11 +13,11 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
 import numpy as np
 
 from synatra_local.core.atomic import atomic_output
 from synatra_local.core.errors import SynatraError
+from synatra_local.core.gguf_lib import gguf
 
 
 @dataclass

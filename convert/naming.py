@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import gguf
+from synatra_local.core.gguf_lib import gguf
 
 from .checkpoint import Checkpoint
 

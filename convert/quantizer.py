@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 import numpy as np
 
 from synatra_local.core import llama_backend
 from synatra_local.core.atomic import atomic_output, ensure_free_space, refuse_existing
 from synatra_local.core.errors import ModelFileError, SynatraError
 from synatra_local.core.gguf_info import read_model_info
+from synatra_local.core.gguf_lib import gguf
 from synatra_local.core.progress import Progress, SilentProgress
 
 DEFAULT_TYPES = ("Q4_K_M", "Q8_0")

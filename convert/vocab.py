@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 from sentencepiece import SentencePieceProcessor
 
 from synatra_local.core.errors import CheckpointError
+from synatra_local.core.gguf_lib import gguf
 
 from .files import read_json
 

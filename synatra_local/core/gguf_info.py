@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
+from synatra_local.core.gguf_lib import gguf
 
 from .errors import ModelFileError
 from .llama_backend import read_gguf_header
