@@ -40,6 +40,7 @@ QUESTIONS = [
     "Describe a forest.", "김치에 대해 알려 주세요.", "Explain how rain forms.", "대한민국 헌법에 대해 말해 주세요.",
     "Describe a city at night.",
 ]
+COST_ROUNDS = 9
 SCHEMA = {
     "type": "object",
     "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
@@ -137,7 +138,8 @@ def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, f
 
 
 def engine_costs(model: Path, threads: int, tokens: int) -> dict[str, float]:
-    """Decode tok/s: unconstrained vs JSON schema vs logprobs (20 alternatives), alternated, one engine."""
+    """Decode tok/s: unconstrained vs JSON schema vs logprobs (20 alternatives), alternated, one engine; the median
+    of COST_ROUNDS replies each (one short reply swings by ±10% on this shared machine)."""
     from synatra_local.runtime.engine import Engine, GenerationOptions
 
     engine = Engine(model, n_ctx=2048, threads=threads, gpu_layers=0)
@@ -148,7 +150,7 @@ def engine_costs(model: Path, threads: int, tokens: int) -> dict[str, float]:
         "logprobs": GenerationOptions(max_tokens=tokens, temperature=0, repeat_penalty=1.0, logprobs=20),
     }
     rates: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for _ in range(3):
+    for _ in range(COST_ROUNDS):
         for kind, options in kinds.items():
             engine.forget_cache()
             generation = engine.stream(prompt, options)
