@@ -98,7 +98,9 @@ def start_llama_server(model: Path, parallel: int, threads: int, ctx: int) -> tu
     return process, url
 
 
-def one_client(url: str, question: str, tokens: int, sent: float, out: list) -> None:
+def one_client(url: str, question: str, tokens: int, ready: threading.Barrier, out: list) -> None:
+    """One streamed chat; the HTTP client is made before the barrier, so every request leaves at once (an httpx
+    client takes tens of milliseconds of this process's CPU to make)."""
     import httpx
 
     body = {"model": "m", "stream": True, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0,
@@ -106,16 +108,19 @@ def one_client(url: str, question: str, tokens: int, sent: float, out: list) -> 
             "stream_options": {"include_usage": True}}
     first = None
     generated = 0
-    with httpx.Client(timeout=600) as client, client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                generated = data["usage"]["completion_tokens"]
-            if data.get("choices") and data["choices"][0]["delta"].get("content") and first is None:
-                first = time.perf_counter()
-    out.append((first - sent if first else float("nan"), generated, time.perf_counter()))
+    with httpx.Client(timeout=600) as client:
+        ready.wait()
+        sent = time.perf_counter()
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if data.get("usage"):
+                    generated = data["usage"]["completion_tokens"]
+                if data.get("choices") and data["choices"][0]["delta"].get("content") and first is None:
+                    first = time.perf_counter()
+    out.append((first - sent if first else float("nan"), generated, sent, time.perf_counter()))
 
 
 def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, float, int]:
@@ -124,15 +129,16 @@ def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, f
     Each prompt starts with the run's `tag`, so no run's prompts continue an earlier run's cached ones: the time to
     first token is the whole prompt's evaluation, on both servers alike."""
     results: list = []
-    start = time.perf_counter()
+    ready = threading.Barrier(clients)
     threads = [threading.Thread(target=one_client,
-                                args=(url, f"{tag}-{i}. {QUESTIONS[i % len(QUESTIONS)]}", tokens, start, results))
+                                args=(url, f"{tag}-{i}. {QUESTIONS[i % len(QUESTIONS)]}", tokens, ready, results))
                for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    end = max(r[2] for r in results)
+    start = min(r[2] for r in results)
+    end = max(r[3] for r in results)
     generated = sum(r[1] for r in results)
     return generated / (end - start), statistics.median(r[0] for r in results), generated
 

@@ -17,6 +17,7 @@ import pytest
 
 from synatra_local.core.errors import SynatraError
 from synatra_local.core.llama_backend import LlamaModel
+from synatra_local.runtime import batching
 from synatra_local.runtime.batching import common_prefix
 from synatra_local.runtime.engine import Engine, EngineBusy, GenerationOptions, Reply
 
@@ -277,3 +278,34 @@ def test_real_weights_greedy_replies_together_equal_replies_alone(smollm2_gguf: 
         assert first_value - second_value < 0.5, f"not a near tie: {lone.text!r} vs {batched.text!r}"
         assert {lone.tokens[k], batched.tokens[k]} == {first, second}
     assert identical >= len(QUESTIONS) - 2
+
+
+def test_requests_sent_together_are_read_in_one_step_on_consecutive_sequences(
+    tiny_gguf_v01: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle engine waits a moment for requests arriving together, so their prompts share the first step; and
+    sequences are chosen next to busy ones, since llama.cpp (one KV cache per sequence) decodes only runs of
+    consecutive sequence ids in one pass over the weights."""
+    engine = Engine(tiny_gguf_v01, n_ctx=512, parallel=4)
+    steps: list[list[int]] = []
+    real_decode = LlamaModel.decode
+
+    def decode(model: LlamaModel, entries: list) -> None:
+        steps.append([entry.seq for entry in entries])
+        real_decode(model, entries)
+
+    monkeypatch.setattr(LlamaModel, "decode", decode)
+    # the mechanism, not this machine's timing: a wide window, so a loaded test machine cannot split the arrivals
+    monkeypatch.setattr(batching, "ARRIVAL_QUIET", 0.2)
+    monkeypatch.setattr(batching, "ARRIVAL_MAX", 1.0)
+    try:
+        for round_ in range(3):  # later rounds start from used, non-empty sequences
+            steps.clear()
+            together(engine, [(_messages(f"{round_}-{i}. {q}"), GREEDY) for i, q in enumerate(QUESTIONS[:3])])
+            engine.wait_idle()
+            first = sorted(set(steps[0]))
+            assert len(first) == 3, f"round {round_}: the first step read {first}"
+            assert first == list(range(first[0], first[0] + 3)), f"round {round_}: not consecutive: {first}"
+            assert steps[0] == sorted(steps[0]), "the batch lists its entries in sequence order"
+    finally:
+        engine.close()

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from .engine import Job
 
 
+ARRIVAL_QUIET = 0.005  # seconds without a new request after which an idle engine starts (see _gather_arrivals)
+ARRIVAL_MAX = 0.02
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token with its log-probability under the model's own distribution before sampling, and the
@@ -144,9 +148,11 @@ class BatchScheduler:
         try:
             while True:
                 with self._wake:
-                    while not self._closing and not self._queue and all(s.free for s in self._slots):
-                        self._idle.set()
-                        self._wake.wait()
+                    if not self._closing and not self._queue and all(s.free for s in self._slots):
+                        while not self._closing and not self._queue:
+                            self._idle.set()
+                            self._wake.wait()
+                        self._gather_arrivals()
                     if self._closing:
                         break
                 self._step()
@@ -159,19 +165,32 @@ class BatchScheduler:
                     self._queue.popleft().finish_unstarted(RuntimeError("the engine was closed"))
             self._idle.set()
 
+    def _gather_arrivals(self) -> None:
+        """Leaving idle, wait until no request has come for ARRIVAL_QUIET seconds (ARRIVAL_MAX at most), so that
+        requests sent together have their prompts read in the same first step instead of one step each."""
+        deadline = time.monotonic() + ARRIVAL_MAX
+        while not self._closing:
+            seen = len(self._queue)
+            self._wake.wait(min(ARRIVAL_QUIET, max(0.0, deadline - time.monotonic())))
+            if len(self._queue) == seen or time.monotonic() >= deadline:
+                return
+
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
         entries: list[BatchEntry] = []
         sampled: list[tuple[_Slot, int]] = []  # slots to sample, with the batch index of their logits
+        fed: list[tuple[_Slot, list[int]]] = []
+        scored: list[tuple[_Slot, int, int]] = []  # prompts scored token by token: (slot, first position, batch index)
+        # every generating sequence's next token is in; prompts share what is left of the batch
+        budget = self._model.n_batch - sum(s.job is not None and s.next_token is not None for s in self._slots)
+        # in sequence order: with a KV cache per sequence, llama.cpp puts only runs of consecutive sequence ids,
+        # in the order the batch lists them, into one pass over the weights (llama_batch_allocr::split_equal)
         for slot in self._slots:
             if slot.job is not None and slot.next_token is not None:
                 sampled.append((slot, len(entries)))
                 entries.append(BatchEntry(slot.next_token, len(slot.cached), slot.seq, True))
-        budget = self._model.n_batch - len(entries)
-        fed: list[tuple[_Slot, list[int]]] = []
-        scored: list[tuple[_Slot, int, int]] = []  # prompts scored token by token: (slot, first position, batch index)
-        for slot in self._slots:
+                continue
             if not slot.pending or budget <= 0:
                 continue
             chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
@@ -288,9 +307,11 @@ class BatchScheduler:
 
     def _choose(self, job: Job) -> _Slot | None:
         """The free sequence whose cache this prompt continues furthest, unless that would throw away most of a
-        cache the prompt shares only a header with: then the least recently used one (as llama-server's
-        prompt-similarity rule does). None while none is free. A sequence still evaluating a finished turn's end
-        is free too: the job's own prompt evaluation takes over from the cached tokens, so it never waits a step."""
+        cache the prompt shares only a header with: then a free one next to a busy one (busy sequences with
+        consecutive ids are decoded in one pass over the weights, see `_step`), sharing the longest header, least
+        recently used first. None while
+        none is free. A sequence still evaluating a finished turn's end is free too: the job's own prompt
+        evaluation takes over from the cached tokens, so it never waits a step."""
         candidates = [slot for slot in self._slots if slot.job is None]
         if not candidates:
             return None
@@ -298,7 +319,11 @@ class BatchScheduler:
         worth = [slot for slot in candidates if 2 * shared[slot.seq] >= len(slot.cached) + len(slot.pending)]
         if worth:
             return max(worth, key=lambda slot: (shared[slot.seq], -slot.last_used))
-        return min(candidates, key=lambda slot: slot.last_used)
+        busy = {slot.seq for slot in self._slots if slot.job is not None}
+        return min(
+            candidates,
+            key=lambda slot: (not busy & {slot.seq - 1, slot.seq + 1}, -shared[slot.seq], slot.last_used),
+        )
 
     def _start(self, slot: _Slot, job: Job) -> None:
         keep = common_prefix(slot.cached, job.tokens)
