@@ -310,3 +310,31 @@ def test_requests_sent_together_are_read_in_one_step_on_consecutive_sequences(
             assert steps[0] == sorted(steps[0]), "the batch lists its entries in sequence order"
     finally:
         engine.close()
+
+
+def test_a_shared_system_prompt_is_copied_from_another_sequence_not_read_again(tiny_gguf_v01: Path) -> None:
+    """A new request on an empty sequence takes the long prefix another sequence already holds (a copy of that
+    sequence's KV cache) and reads only the rest; its reply is the one a fresh engine gives."""
+    system = {"role": "system", "content": "당신은 친절한 한국어 도우미입니다. " * 3}
+    # a first conversation that goes on well past the shared prompt, so it keeps its own sequence
+    first = [system, {"role": "user", "content": "첫 번째 질문입니다. 아주 긴 이야기를 합니다. " * 6}]
+    second = [system, {"role": "user", "content": "What is the second question?"}]
+    engine = Engine(tiny_gguf_v01, n_ctx=512, parallel=2)
+    try:
+        engine.chat(first, GREEDY)
+        engine.wait_idle()
+        tokens = engine.prompt_tokens(second)
+        shared = common_prefix(engine.cached_tokens(0), tokens)
+        assert shared >= batching.COPY_MIN_TOKENS
+        copied = engine.chat(second, GREEDY)
+        assert engine.cached_tokens(0)[:shared] == engine.cached_tokens(1)[:shared], "the first sequence is kept"
+        assert copied.stats.evaluated_prompt_tokens == len(tokens) - shared
+    finally:
+        engine.close()
+    fresh = Engine(tiny_gguf_v01, n_ctx=512, parallel=2)
+    try:
+        alone = fresh.chat(second, GREEDY)
+    finally:
+        fresh.close()
+    assert alone.stats.evaluated_prompt_tokens == len(tokens)
+    assert copied.tokens == alone.tokens

@@ -676,6 +676,13 @@ class LlamaModel:
         """Drop sequence `seq`'s cached tokens from position `start` on."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq, start, -1)
 
+    def copy_prefix(self, src: int, dst: int, count: int) -> None:
+        """Make sequence `dst` hold `src`'s first `count` cached tokens instead of its own. Each sequence has a KV
+        cache of its own, so llama.cpp copies the whole of src's (when the next batch is decoded); the rest is
+        dropped. Worth it where reading those tokens again would cost more than copying `n_ctx` cells."""
+        llama_cpp.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._memory, dst, count, -1)
+
     def decode(self, entries: list[BatchEntry]) -> None:
         """Evaluate one batch (at most `n_batch` entries) across sequences with one `llama_decode` call.
 

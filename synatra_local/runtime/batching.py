@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 ARRIVAL_QUIET = 0.005  # seconds without a new request after which an idle engine starts (see _gather_arrivals)
 ARRIVAL_MAX = 0.02
+COPY_MIN_TOKENS = 16  # a shared prompt prefix shorter than this is read again rather than copied (_prefix_donor)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,20 @@ class BatchScheduler:
                 while self._queue:
                     self._queue.popleft().finish_unstarted(RuntimeError("the engine was closed"))
             self._idle.set()
+
+    def _prefix_donor(self, slot: _Slot, job: Job, keep: int) -> _Slot | None:
+        """The sequence whose cache starts with the most of `job`'s prompt, when copying it beats reading those
+        tokens again: at least COPY_MIN_TOKENS more than `slot` keeps, and a 64th of the context (a copy moves
+        every cell of a sequence's cache, so long contexts need a longer shared prefix to be worth it)."""
+        if job.prompt_logprobs is not None:
+            return None
+        others = [other for other in self._slots if other is not slot and other.cached]
+        if not others:
+            return None
+        shared = {other.seq: min(common_prefix(other.cached, job.tokens), len(job.tokens) - 1) for other in others}
+        donor = max(others, key=lambda other: shared[other.seq])
+        enough = max(COPY_MIN_TOKENS, self._model.n_ctx // 64)
+        return donor if shared[donor.seq] - keep >= enough else None
 
     def _gather_arrivals(self) -> None:
         """Leaving idle, wait until no request has come for ARRIVAL_QUIET seconds (ARRIVAL_MAX at most), so that
@@ -326,12 +341,18 @@ class BatchScheduler:
         )
 
     def _start(self, slot: _Slot, job: Job) -> None:
-        keep = common_prefix(slot.cached, job.tokens)
-        keep = min(keep, len(job.tokens) - 1)  # at least one token is evaluated, for its logits
+        most = len(job.tokens) - 1  # at least one token is evaluated, for its logits
+        keep = min(common_prefix(slot.cached, job.tokens), most)
         if job.prompt_logprobs is not None:  # every prompt position's logits are needed: nothing cached is reused
             keep = 0
-        self._model.forget(slot.seq, keep)
-        slot.cached = slot.cached[:keep]
+        donor = self._prefix_donor(slot, job, keep)
+        if donor is not None:  # another sequence holds more of this prompt (a shared system prompt): copy it
+            keep = min(common_prefix(donor.cached, job.tokens), most)
+            self._model.copy_prefix(donor.seq, slot.seq, keep)
+            slot.cached = donor.cached[:keep]
+        else:
+            self._model.forget(slot.seq, keep)
+            slot.cached = slot.cached[:keep]
         slot.pending = job.tokens[keep:]
         slot.next_token = None
         job.start(time.perf_counter(), evaluated=len(slot.pending))
