@@ -107,7 +107,7 @@ def one_client(url: str, question: str, tokens: int, ready: threading.Barrier, o
             "messages": [{"role": "user", "content": question}],
             "stream_options": {"include_usage": True}}
     first = None
-    generated = 0
+    generated = prompt = 0
     with httpx.Client(timeout=600) as client:
         ready.wait()
         sent = time.perf_counter()
@@ -117,14 +117,15 @@ def one_client(url: str, question: str, tokens: int, ready: threading.Barrier, o
                     continue
                 data = json.loads(line[6:])
                 if data.get("usage"):
-                    generated = data["usage"]["completion_tokens"]
+                    generated, prompt = data["usage"]["completion_tokens"], data["usage"]["prompt_tokens"]
                 if data.get("choices") and data["choices"][0]["delta"].get("content") and first is None:
                     first = time.perf_counter()
-    out.append((first - sent if first else float("nan"), generated, sent, time.perf_counter()))
+    out.append((first - sent if first else float("nan"), generated, prompt, sent, time.perf_counter()))
 
 
-def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, float, int]:
-    """Total generated tokens/s and median time to first token for `clients` streams sent at once.
+def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, float, int, int]:
+    """Total generated tokens/s, median time to first token, generated and prompt tokens for `clients` streams sent
+    at once (prompt tokens as each server counts them: both must read the same prompts for TTFT to compare).
 
     Each prompt starts with the run's `tag`, so no run's prompts continue an earlier run's cached ones: the time to
     first token is the whole prompt's evaluation, on both servers alike."""
@@ -137,10 +138,10 @@ def clients_run(url: str, clients: int, tokens: int, tag: int) -> tuple[float, f
         thread.start()
     for thread in threads:
         thread.join()
-    start = min(r[2] for r in results)
-    end = max(r[3] for r in results)
+    start = min(r[3] for r in results)
+    end = max(r[4] for r in results)
     generated = sum(r[1] for r in results)
-    return generated / (end - start), statistics.median(r[0] for r in results), generated
+    return generated / (end - start), statistics.median(r[0] for r in results), generated, sum(r[2] for r in results)
 
 
 def engine_costs(model: Path, threads: int, tokens: int) -> dict[str, float]:
@@ -192,9 +193,9 @@ def main() -> None:
             f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx, args.stream_interval_ms),
             "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx, args.stream_interval_ms),
         }
-        rounds: list[dict[str, dict[int, tuple[float, float, int]]]] = []
+        rounds: list[dict[str, dict[int, tuple[float, float, int, int]]]] = []
         for _ in range(0 if args.skip_servers else args.rounds):
-            table: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in servers}
+            table: dict[str, dict[int, tuple[float, float, int, int]]] = {name: {} for name in servers}
             for name, start in servers.items():
                 try:
                     process, url = start()
@@ -210,7 +211,8 @@ def main() -> None:
                     process.wait(30)
             rounds.append(table)
         best = {name: {c: (max(r[name][c][0] for r in rounds), min(r[name][c][1] for r in rounds),
-                           rounds[0][name][c][2]) for c in counts if rounds and all(c in r[name] for r in rounds)}
+                           rounds[0][name][c][2], rounds[0][name][c][3])
+                       for c in counts if rounds and all(c in r[name] for r in rounds)}
                 for name in servers}
         if rounds:
             print(f"\n{'server':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
@@ -218,8 +220,9 @@ def main() -> None:
                 cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
                                 for c in counts)
                 print(f"{name:<26}{cells}")
-            print("tokens generated (round 1): " + "; ".join(
-                f"{name}: " + ", ".join(str(row[c][2]) for c in counts if c in row) for name, row in best.items()))
+            print("tokens generated / prompt tokens read (round 1): " + "; ".join(
+                f"{name}: " + ", ".join(f"{row[c][2]}/{row[c][3]}" for c in counts if c in row)
+                for name, row in best.items()))
             reference_name, ours_name = f"llama-server -np {args.parallel}", f"serve --parallel {args.parallel}"
             for label, table in [("best", best)] + [(f"round {i + 1}", r) for i, r in enumerate(rounds)]:
                 reference, ours = table[reference_name], table[ours_name]
