@@ -338,3 +338,34 @@ def test_a_shared_system_prompt_is_copied_from_another_sequence_not_read_again(t
         fresh.close()
     assert alone.stats.evaluated_prompt_tokens == len(tokens)
     assert copied.tokens == alone.tokens
+
+
+def test_a_finished_turns_end_waits_until_no_request_runs(tiny_gguf_v01: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last tokens of a finished turn are evaluated for that conversation's next turn, but not beside a running
+    request: in one batch with another sequence they would cost llama.cpp a pass over the weights of their own."""
+    engine = Engine(tiny_gguf_v01, n_ctx=512, parallel=2)
+    steps: list[set[int]] = []
+    real_decode = LlamaModel.decode
+
+    def decode(model: LlamaModel, entries: list) -> None:
+        steps.append({entry.seq for entry in entries})
+        real_decode(model, entries)
+
+    monkeypatch.setattr(LlamaModel, "decode", decode)
+    try:
+        talker = engine.stream(_messages("이야기를 길게 해 주세요."), GenerationOptions(max_tokens=80, seed=1))
+        pieces = iter(talker)
+        next(pieces)
+        short = engine.chat(_messages("짧게 답해 주세요."), GenerationOptions(max_tokens=2, seed=2))
+        short_done = len(steps)
+        rest = "".join(pieces)
+        assert talker.stats.generated_tokens > 10, f"the talker ended too soon to overlap: {rest!r}"
+        engine.wait_idle()
+        tokens = engine.prompt_tokens(_messages("짧게 답해 주세요."))
+        short_seq = next(seq for seq in range(2) if engine.cached_tokens(seq)[: len(tokens)] == tokens)
+        # the short turn's end is read only in the last step: with the talker's own end, once nothing runs
+        later = [i for i, step in enumerate(steps) if short_seq in step and i >= short_done]
+        assert later == [len(steps) - 1], (later, len(steps))
+        assert len(engine.cached_tokens(short_seq)) > len(tokens) + short.stats.generated_tokens - 1
+    finally:
+        engine.close()

@@ -199,6 +199,9 @@ class BatchScheduler:
         scored: list[tuple[_Slot, int, int]] = []  # prompts scored token by token: (slot, first position, batch index)
         # every generating sequence's next token is in; prompts share what is left of the batch
         budget = self._model.n_batch - sum(s.job is not None and s.next_token is not None for s in self._slots)
+        # a finished turn's end waits while any request runs: beside other sequences it would cost llama.cpp a
+        # pass over the weights of its own (ubatches take equal token counts from each sequence)
+        serving = any(s.job is not None for s in self._slots)
         # in sequence order: with a KV cache per sequence, llama.cpp puts only runs of consecutive sequence ids,
         # in the order the batch lists them, into one pass over the weights (llama_batch_allocr::split_equal)
         for slot in self._slots:
@@ -206,7 +209,7 @@ class BatchScheduler:
                 sampled.append((slot, len(entries)))
                 entries.append(BatchEntry(slot.next_token, len(slot.cached), slot.seq, True))
                 continue
-            if not slot.pending or budget <= 0:
+            if not slot.pending or budget <= 0 or (serving and slot.job is None):
                 continue
             chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
             budget -= len(chunk)
