@@ -166,10 +166,10 @@ class BatchScheduler:
                     self._queue.popleft().finish_unstarted(RuntimeError("the engine was closed"))
             self._idle.set()
 
-    def _prefix_donor(self, slot: _Slot, job: Job, keep: int) -> _Slot | None:
-        """The sequence whose cache starts with the most of `job`'s prompt, when copying it beats reading those
-        tokens again: at least COPY_MIN_TOKENS more than `slot` keeps, and a 64th of the context (a copy moves
-        every cell of a sequence's cache, so long contexts need a longer shared prefix to be worth it)."""
+    def _prefix_donor(self, slot: _Slot, job: Job, keep: int) -> tuple[_Slot, int] | None:
+        """The sequence whose cache starts with the most of `job`'s prompt, and how many tokens of it, when copying
+        it beats reading those tokens again: at least COPY_MIN_TOKENS more than `slot` keeps, and a 64th of the
+        context (a copy moves every cell of a sequence's cache, so long contexts need a longer shared prefix)."""
         if job.prompt_logprobs is not None:
             return None
         others = [other for other in self._slots if other is not slot and other.cached]
@@ -178,7 +178,7 @@ class BatchScheduler:
         shared = {other.seq: min(common_prefix(other.cached, job.tokens), len(job.tokens) - 1) for other in others}
         donor = max(others, key=lambda other: shared[other.seq])
         enough = max(COPY_MIN_TOKENS, self._model.n_ctx // 64)
-        return donor if shared[donor.seq] - keep >= enough else None
+        return (donor, shared[donor.seq]) if shared[donor.seq] - keep >= enough else None
 
     def _gather_arrivals(self) -> None:
         """Leaving idle, wait until no request has come for ARRIVAL_QUIET seconds (ARRIVAL_MAX at most), so that
@@ -327,9 +327,8 @@ class BatchScheduler:
         """The free sequence whose cache this prompt continues furthest, unless that would throw away most of a
         cache the prompt shares only a header with: then a free one next to a busy one (busy sequences with
         consecutive ids are decoded in one pass over the weights, see `_step`), sharing the longest header, least
-        recently used first. None while
-        none is free. A sequence still evaluating a finished turn's end is free too: the job's own prompt
-        evaluation takes over from the cached tokens, so it never waits a step."""
+        recently used first. None while none is free. A sequence still evaluating a finished turn's end is free
+        too: the job's own prompt evaluation takes over from the cached tokens, so it never waits a step."""
         candidates = [slot for slot in self._slots if slot.job is None]
         if not candidates:
             return None
@@ -348,9 +347,9 @@ class BatchScheduler:
         keep = min(common_prefix(slot.cached, job.tokens), most)
         if job.prompt_logprobs is not None:  # every prompt position's logits are needed: nothing cached is reused
             keep = 0
-        donor = self._prefix_donor(slot, job, keep)
-        if donor is not None:  # another sequence holds more of this prompt (a shared system prompt): copy it
-            keep = min(common_prefix(donor.cached, job.tokens), most)
+        found = self._prefix_donor(slot, job, keep)
+        if found is not None:  # another sequence holds more of this prompt (a shared system prompt): copy it
+            donor, keep = found
             self._model.copy_prefix(donor.seq, slot.seq, keep)
             slot.cached = donor.cached[:keep]
         else:
