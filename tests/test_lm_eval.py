@@ -231,3 +231,64 @@ def test_an_end_token_the_model_chooses_is_scored_too(served) -> None:
     [(value, greedy)] = LocalCompletionsAPI.parse_logprobs(reply, ctxlens=[len(ids) - 3])
     assert value == pytest.approx(sum(logprobs["token_logprobs"][-4:-1]))
     assert isinstance(greedy, bool)
+
+
+ROLLING_SCRIPT = """
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
+model_args, name, include, out = json.loads(sys.argv[1])
+results = lm_eval.simple_evaluate(model="local-completions", model_args=model_args, tasks=[name], batch_size=2,
+                                  task_manager=TaskManager(include_path=include, include_defaults=False))
+samples = [{"doc_id": s["doc_id"], "text": s["arguments"][0][0], "loglik": s["resps"][0][0]}
+           for s in results["samples"][name]]
+perplexity = results["results"][name]["word_perplexity,none"]
+open(out, "w").write(json.dumps({"samples": samples, "word_perplexity": perplexity}))
+"""
+
+
+@pytest.mark.parametrize("served", ["tiny_gguf_v01"], indirect=True)
+def test_rolling_loglikelihood_starts_from_the_bos_the_remote_tokenizer_names(served, tmp_path: Path) -> None:
+    """Perplexity tasks (`loglikelihood_rolling`, wikitext's kind) score a whole text after lm-eval's prefix token,
+    which its remote tokenizer takes as `encode(tokenizer_info["bos_token"])[0]`: the server must name BOS and its
+    /tokenize must read that text as the one BOS id, or every text is scored after a stray "<". Each logged
+    log-likelihood must equal the text scored after BOS from an independent `logits_all` evaluation."""
+    url, path = served
+    texts = ["대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.",
+             "모든 국민은 법 앞에 평등하다."]
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    data = folder / "ko_rolling_local.jsonl"
+    data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    (folder / "ko_rolling_local.yaml").write_text("\n".join([
+        "task: ko_rolling_local", "dataset_path: json", "dataset_kwargs:", "  data_files:",
+        f"    test: {json.dumps(str(data))}", "output_type: loglikelihood_rolling", "test_split: test",
+        'doc_to_text: ""', 'doc_to_target: "{{text}}"', "metric_list:", "  - metric: word_perplexity",
+        "metadata:", "  version: 1.0", "",
+    ]), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+    model_args = f"model={MODEL_ID},base_url={url}/v1/completions,tokenizer_backend=remote,max_length=512,max_retries=1"
+    out = tmp_path / "found"
+    done = subprocess.run([sys.executable, "-c", ROLLING_SCRIPT,
+                           json.dumps([model_args, "ko_rolling_local", str(folder), str(out)])],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    found = json.loads(out.read_text())
+    assert len(found["samples"]) == len(texts)
+
+    model = LlamaModel(path, n_ctx=512, logits_all=True)
+    try:
+        bos = model.tokenize("", add_bos=True, special=True)
+        assert len(bos) == 1
+        for sample in found["samples"]:
+            whole = bos + model.tokenize(sample["text"], add_bos=False, special=True)
+            model.evaluate(whole)
+            logits = model.logits().astype(np.float64)
+            log_probs = logits - logits.max(axis=1, keepdims=True)
+            log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+            expected = float(sum(log_probs[i - 1, whole[i]] for i in range(1, len(whole))))
+            assert sample["loglik"] == pytest.approx(expected, abs=2e-3), (sample["doc_id"], expected)
+    finally:
+        model.close()
+    assert found["word_perplexity"] > 1
