@@ -369,3 +369,33 @@ def test_a_finished_turns_end_waits_until_no_request_runs(tiny_gguf_v01: Path, m
         assert len(engine.cached_tokens(short_seq)) > len(tokens) + short.stats.generated_tokens - 1
     finally:
         engine.close()
+
+
+def test_a_request_sent_just_after_a_reply_does_not_wait_behind_its_end(
+    tiny_gguf_v01: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished turn's end is read only once no request comes for a moment: a request sent right after a reply
+    is read in the next step (the end waits until it is done), not a whole step later."""
+    engine = Engine(tiny_gguf_v01, n_ctx=512, parallel=2)
+    steps: list[set[int]] = []
+    real_decode = LlamaModel.decode
+
+    def decode(model: LlamaModel, entries: list) -> None:
+        steps.append({entry.seq for entry in entries})
+        real_decode(model, entries)
+
+    monkeypatch.setattr(LlamaModel, "decode", decode)
+    monkeypatch.setattr(batching, "TAIL_DELAY", 1.0)  # the mechanism, not this machine's timing
+    try:
+        engine.chat(_messages("첫 질문입니다."), GenerationOptions(max_tokens=3, seed=1))
+        first_done = len(steps)
+        second = engine.chat(_messages("Another question, please."), GenerationOptions(max_tokens=3, seed=2))
+        tokens = engine.prompt_tokens(_messages("Another question, please."))
+        engine.wait_idle()
+        second_seq = next(seq for seq in range(2) if engine.cached_tokens(seq)[: len(tokens)] == tokens)
+        assert second_seq in steps[first_done], "the second prompt was not read in the first step after the reply"
+        assert len(steps) == first_done + second.stats.generated_tokens + 1, "the ends are read once, at the end"
+        first_seq = 1 - second_seq
+        assert first_seq in steps[-1] and all(first_seq not in step for step in steps[first_done:-1])
+    finally:
+        engine.close()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 ARRIVAL_QUIET = 0.005  # seconds without a new request after which an idle engine starts (see _gather_arrivals)
 ARRIVAL_MAX = 0.02
+TAIL_DELAY = 0.05  # seconds an engine with nothing but finished turns' ends waits for a request first (see _run)
 COPY_MIN_TOKENS = 16  # a shared prompt prefix shorter than this is read again rather than copied (_prefix_donor)
 
 
@@ -149,10 +150,15 @@ class BatchScheduler:
         try:
             while True:
                 with self._wake:
-                    if not self._closing and not self._queue and all(s.free for s in self._slots):
-                        while not self._closing and not self._queue:
+                    if not self._closing and not self._queue and not self.active:
+                        if any(slot.pending for slot in self._slots):
+                            # a finished turn's end is worth reading only while nothing else wants the engine: a
+                            # request sent just after a reply would otherwise wait a whole step behind it
+                            self._wake.wait(TAIL_DELAY)
+                        while not self._closing and not self._queue and all(s.free for s in self._slots):
                             self._idle.set()
                             self._wake.wait()
+                    if self._queue and not self.active:
                         self._gather_arrivals()
                     if self._closing:
                         break
@@ -181,8 +187,8 @@ class BatchScheduler:
         return (donor, shared[donor.seq]) if shared[donor.seq] - keep >= enough else None
 
     def _gather_arrivals(self) -> None:
-        """Leaving idle, wait until no request has come for ARRIVAL_QUIET seconds (ARRIVAL_MAX at most), so that
-        requests sent together have their prompts read in the same first step instead of one step each."""
+        """With no request running, wait until none has come for ARRIVAL_QUIET seconds (ARRIVAL_MAX at most), so
+        that requests sent together have their prompts read in the same first step instead of one step each."""
         deadline = time.monotonic() + ARRIVAL_MAX
         while not self._closing:
             seen = len(self._queue)
