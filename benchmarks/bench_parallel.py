@@ -74,11 +74,13 @@ def free_port() -> int:
 
 
 def start_ours(
-    model: Path, parallel: int, threads: int, ctx: int, interval_ms: float = 0
+    model: Path, parallel: int, threads: int, ctx: int, interval_ms: float | None = None
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [sys.executable, "-m", "synatra_local", "serve", str(model), "--port", str(port), "--ctx", str(ctx),
-            "--parallel", str(parallel), "--threads", str(threads), "--stream-interval-ms", str(interval_ms)]
+            "--parallel", str(parallel), "--threads", str(threads)]
+    if interval_ms is not None:
+        argv += ["--stream-interval-ms", str(interval_ms)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_for(process, url)
@@ -176,17 +178,22 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--clients", default="1,2,4,8")
     parser.add_argument("--parallel", type=int, default=8)
-    parser.add_argument("--stream-interval-ms", type=float, default=0,
-                        help="ours: shortest time between events (0, the strictest, as llama-server streams)")
+    parser.add_argument("--stream-interval-ms", type=float, default=None,
+                        help="ours: shortest time between events (default: serve's own, 20 ms; 0 sends an event "
+                             "per token, as llama-server streams)")
     parser.add_argument("--rounds", type=int, default=1, help="times the servers take turns")
     parser.add_argument("--skip-costs", action="store_true", help="only the servers")
     parser.add_argument("--skip-servers", action="store_true", help="only one stream's costs (JSON schema, logprobs)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
+    from synatra_local.server.app import DEFAULT_STREAM_INTERVAL
+
+    default_ms = f"{DEFAULT_STREAM_INTERVAL * 1000:g} (serve's default)"
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         model = args.model or build_model(Path(tmp), args.shape)
         print(f"machine: {machine()}\nmodel: {model.name}, {args.threads} threads, {args.tokens} tokens per client, "
-              f"ctx {args.ctx} per sequence")
+              f"ctx {args.ctx} per sequence; ours streams at most one event per "
+              f"{args.stream_interval_ms if args.stream_interval_ms is not None else default_ms} ms")
         n, threads, ctx = args.parallel, args.threads, args.ctx
         servers = {
             f"llama-server -np {n}": lambda: start_llama_server(model, n, threads, ctx),
