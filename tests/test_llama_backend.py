@@ -68,6 +68,26 @@ def test_greedy_tokens_do_not_depend_on_the_weight_layout(tiny_q4_k_m: Path) -> 
     assert replies[0] == replies[1]
 
 
+def test_the_attached_thread_pool_changes_nothing_but_who_runs_the_threads(
+    tiny_q4_k_m: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every context gets a thread pool of its own (as llama-server's does); llama.cpp's logits are the same bits
+    as with the pool ggml makes for each decode, and the pool is freed with the context."""
+    rows = []
+    for attached in (True, False):
+        if not attached:
+            monkeypatch.setattr(llama_backend, "_ggml_cpu", lambda: None)
+        model = llama_backend.LlamaModel(tiny_q4_k_m, n_ctx=256, n_threads=2, logits_all=True)
+        assert bool(model._threadpool._pool) is attached
+        text = "대한민국은 민주공화국이다. 모든 권력은 국민으로부터 나온다."
+        tokens = model.tokenize(text, add_bos=True, special=False)
+        model.evaluate(tokens)
+        rows.append(model.logits().copy())
+        model.close()
+        assert model._threadpool._pool is None
+    assert (rows[0] == rows[1]).all()
+
+
 def test_token_bytes_for_every_id_and_pieces_longer_than_the_buffer(tiny_q4_k_m: Path) -> None:
     model = llama_backend.LlamaModel(tiny_q4_k_m, n_ctx=256)
     try:

@@ -183,6 +183,60 @@ def _ggml() -> ctypes.CDLL:
     return lib
 
 
+class _ThreadpoolParams(ctypes.Structure):
+    """ggml.h's `struct ggml_threadpool_params` (GGML_MAX_N_THREADS = 512 cpumask entries)."""
+
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * 512),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+@functools.cache
+def _ggml_cpu() -> ctypes.CDLL | None:
+    """The binding's CPU backend (its thread pools), or None where the build names it otherwise."""
+    path = Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"
+    if not path.is_file():
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.ggml_threadpool_new.restype = ctypes.c_void_p
+    lib.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+    lib.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+    base = _ggml_base()
+    base.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
+    llama = llama_cpp.llama_cpp._lib
+    llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class _Threadpool:
+    """A thread pool that lives as long as its context, as llama-server and llama-cli attach one: without it ggml
+    starts and joins its worker threads for every `llama_decode` (its default polling level, 50)."""
+
+    def __init__(self, ctx: object, n_threads: int) -> None:
+        self._ctx, self._pool = ctx, None
+        cpu = _ggml_cpu()
+        if cpu is None or n_threads < 2:
+            return
+        params = _ThreadpoolParams()
+        _ggml_base().ggml_threadpool_params_init(ctypes.byref(params), n_threads)
+        self._pool = cpu.ggml_threadpool_new(ctypes.byref(params))
+        if self._pool:
+            llama_cpp.llama_cpp._lib.llama_attach_threadpool(ctx, self._pool, None)
+
+    def close(self) -> None:
+        """Detach and free the pool (before the context is freed)."""
+        if self._pool:
+            llama_cpp.llama_cpp._lib.llama_detach_threadpool(self._ctx)
+            _ggml_cpu().ggml_threadpool_free(self._pool)  # type: ignore[union-attr]
+            self._pool = None
+
+
 @functools.cache
 def _ggml_base() -> ctypes.CDLL:
     """The binding's libggml-base (devices' details, the gguf reader), with our prototypes declared once."""
@@ -550,6 +604,7 @@ class LlamaModel:
             ) from exc
         finally:
             llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+        self._threadpool = _Threadpool(self._ctx.ctx, n_threads)
         self._vocab = self._model.vocab
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.n_batch = n_batch
@@ -730,6 +785,7 @@ class LlamaModel:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        self._threadpool.close()
         self._ctx.close()
         self._model.close()
 
@@ -909,6 +965,7 @@ class WindowModel:
                 raise SynatraError(f"llama.cpp could not create a {self.n_window}-token context: {detail}",
                                    fix="use a smaller --ctx")
             self._ctx = ctx
+            self._threadpool = _Threadpool(ctx, self._threads)
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         return self._ctx
 
@@ -974,6 +1031,7 @@ class WindowModel:
     def close(self) -> None:
         if self._ctx is not None:
             llama_cpp.llama_batch_free(self._batch)
+            self._threadpool.close()
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
         if self._model:
