@@ -10,7 +10,7 @@ Gaussian weights whose next-token distributions are nearly flat, so they show wh
 in size and time at full size, not what a trained Synatra loses. IQ3_XXS "without" is llama.cpp's quantizer
 called without a matrix (`quantize` itself refuses that). Each quantization is deleted once scored.
 Usage: python benchmarks/bench_quality.py [--models smollm2,gemma3,7b] [--ctx 512] [--chunks 4]
-    [--imatrix-chunks 12] [--threads 2] [--work DIR]
+    [--imatrix-chunks 12] [--threads 2] [--work DIR] [--types Q4_K_M,Q3_K_M,IQ3_XXS]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from synatra_local.convert.imatrix import collect_imatrix  # noqa: E402
 from synatra_local.convert.imatrix_file import write_imatrix  # noqa: E402
 from synatra_local.convert.quantizer import parse_type, quantize_gguf  # noqa: E402
 from synatra_local.core import llama_backend  # noqa: E402
+from synatra_local.core.errors import SynatraError  # noqa: E402
 from synatra_local.runtime.quality import QualityReport, evaluate  # noqa: E402
 
 TYPES = ("Q4_K_M", "Q3_K_M", "IQ3_XXS")
@@ -98,27 +99,41 @@ def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     return result, time.perf_counter() - start
 
 
-def bench_model(name: str, work: Path, ctx: int, chunks: int, imatrix_chunks: int, threads: int) -> None:
+def bench_model(
+    name: str, work: Path, ctx: int, chunks: int, imatrix_chunks: int, threads: int, types: list[str]
+) -> None:
     base = base_model(name, work)
     matrix, imatrix_s = timed(collect_imatrix, base, n_ctx=ctx, chunks=imatrix_chunks, threads=threads)
     matrix_file = write_imatrix(matrix, work / f"{name}-ko-imatrix.gguf", force=True)
-    print(f"\n{name}: base {base.name} {base.stat().st_size / 2**20:.0f} MiB; Korean matrix: {imatrix_s:.1f} s "
-          f"({matrix.chunk_count} windows of {ctx} tokens, {len(matrix.sums)} weights)")
+    print(
+        f"\n{name}: base {base.name} {base.stat().st_size / 2**20:.0f} MiB; Korean matrix: {imatrix_s:.1f} s "
+        f"({matrix.chunk_count} windows of {ctx} tokens, {len(matrix.sums)} weights)"
+    )
     print("| type | imatrix | size MiB | quantize s | KLD mean | KLD median | KLD p99 | same top | PPL ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for type_name in TYPES:
+    report = None
+    for type_name in types:
         for weighted in (False, True):
             out = work / f"{name}-{type_name}{'-imat' if weighted else ''}.gguf"
             out.unlink(missing_ok=True)
-            if weighted:
-                _, quantize_s = timed(quantize_gguf, base, {type_name: out}, threads=threads, imatrix=matrix_file)
-            else:  # llama.cpp's quantizer as it is, without a matrix (also for IQ3_XXS)
-                _, quantize_s = timed(llama_backend.quantize, base, out, parse_type(type_name)[1], threads)
+            try:
+                if weighted:
+                    _, quantize_s = timed(quantize_gguf, base, {type_name: out}, threads=threads, imatrix=matrix_file)
+                else:  # llama.cpp's quantizer as it is, without a matrix (also for IQ3_XXS)
+                    _, quantize_s = timed(llama_backend.quantize, base, out, parse_type(type_name)[1], threads)
+            except SynatraError as exc:  # llama.cpp refuses some i-quant tensors without a matrix (7B's attn_k)
+                out.unlink(missing_ok=True)
+                reason = "requires an importance matrix" if "imatrix" in str(exc) else str(exc).splitlines()[0]
+                print(f"| {type_name} | {'Korean' if weighted else 'none'} | refused by llama.cpp: {reason} |")
+                continue
             report = evaluate(out, reference=base, n_ctx=ctx, chunks=chunks, threads=threads)
             print(_row(type_name, weighted, out, quantize_s, report), flush=True)
             out.unlink()
-    print(f"(KLD over {report.tokens_scored} tokens: {report.windows_scored} windows of {ctx}; "
-          f"base perplexity {report.ref_perplexity:.3f})")
+    if report is not None:
+        print(
+            f"(KLD over {report.tokens_scored} tokens: {report.windows_scored} windows of {ctx}; "
+            f"base perplexity {report.ref_perplexity:.3f})"
+        )
 
 
 def _row(type_name: str, weighted: bool, path: Path, seconds: float, r: QualityReport) -> str:
@@ -135,6 +150,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4, help="evaluation windows")
     parser.add_argument("--imatrix-chunks", type=int, default=12, help="calibration windows")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--types", default=",".join(TYPES), help="quantization types, each with and without")
     parser.add_argument("--work", type=Path, default=None, help="folder for the files (default: a temporary one)")
     args = parser.parse_args()
     print(f"machine: {machine()}; llama-cpp-python {llama_backend.binding_version()}; {args.threads} threads")
@@ -142,7 +158,8 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
-            bench_model(name.strip(), work, args.ctx, args.chunks, args.imatrix_chunks, args.threads)
+            types = [t.strip() for t in args.types.split(",")]
+            bench_model(name.strip(), work, args.ctx, args.chunks, args.imatrix_chunks, args.threads, types)
 
 
 if __name__ == "__main__":
