@@ -6,15 +6,16 @@ each), measured for total generated tokens/s (all tokens over the wall time from
 token) and the median time to first token a client sees (each run's prompts are new to every server's cache).
 llama-server is built from the pinned binding's vendored llama.cpp (tests/llama_cpp_tools.py); it runs with
 `--kv-unified` off and a context of 8 × `--ctx`, so each of its slots gets the same context as each of our
-sequences. With `--rounds N` the servers take turns N times (A B C A B C), so drift in the machine's speed hits
-all of them alike; each cell reports the best round (highest tok/s, lowest TTFT), and the ratios of every round
-are printed too.
+sequences. All servers run at once; every cell is measured on each in turn, the order reversed each of the
+`--rounds` rounds, so drift in the machine's speed hits all of them alike; each cell reports the median over the
+rounds, each ratio the median of the rounds' ratios, and every round's ratios are printed too. Ours streams with
+its default event interval (20 ms; the first event is never held) unless `--stream-interval-ms` says otherwise.
 
 Also: single-stream decode through the engine against a bare llama_decode loop (bench_runtime's same-context
 comparison), JSON-schema decode against unconstrained, and the cost of logprobs.
 Usage: python benchmarks/bench_parallel.py [--model PATH | --shape tiny|small] [--tokens N] [--threads N] [--ctx N]
-                                           [--clients 1,2,4,8] [--parallel 8] [--rounds N]
-                                           [--skip-costs | --skip-servers]
+                                           [--clients 1,2,4,8] [--parallel 8] [--rounds 3] [--skip-single]
+                                           [--stream-interval-ms MS] [--skip-costs | --skip-servers]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ QUESTIONS = [
     "Describe a city at night.",
 ]
 COST_ROUNDS = 9
+SETTLE_SECONDS = 0.3  # between two servers' turns: the last one's idle compute threads stop polling
 SCHEMA = {
     "type": "object",
     "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
@@ -169,6 +171,68 @@ def engine_costs(model: Path, threads: int, tokens: int) -> dict[str, float]:
     return {kind: statistics.median(values) for kind, values in rates.items()}
 
 
+def compare_servers(model: Path, args: argparse.Namespace, counts: list[int]) -> None:
+    """Every server running at once; each cell (client count) measured on each server in turn, the order reversed
+    every round, so the machine's drift hits all of them alike. Cells are medians over the rounds; a ratio is the
+    median of the rounds' ratios (each from back-to-back measurements)."""
+    n, threads, ctx = args.parallel, args.threads, args.ctx
+    starts = {
+        f"llama-server -np {n}": lambda: start_llama_server(model, n, threads, ctx),
+        f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx, args.stream_interval_ms),
+    }
+    if not args.skip_single:
+        starts["serve --parallel 1"] = lambda: start_ours(model, 1, threads, ctx, args.stream_interval_ms)
+    running: dict[str, tuple[subprocess.Popen, str]] = {}
+    rounds: list[dict[str, dict[int, tuple[float, float, int, int]]]] = []
+    try:
+        for name, start in starts.items():
+            try:
+                running[name] = start()
+            except Exception as exc:  # noqa: BLE001 - llama-server may be unavailable: say so and go on
+                print(f"{name}: unavailable ({exc})")
+        for _, url in running.values():
+            clients_run(url, 1, 4, tag=0)  # warm-up
+        tag = 0
+        for number in range(args.rounds):
+            table: dict[str, dict[int, tuple[float, float, int, int]]] = {name: {} for name in running}
+            order = list(running) if number % 2 == 0 else list(reversed(running))
+            for count in counts:
+                for name in order:
+                    time.sleep(SETTLE_SECONDS)
+                    tag += 1  # every run's prompts are new to every server's cache
+                    table[name][count] = clients_run(running[name][1], count, args.tokens, tag=tag)
+            rounds.append(table)
+    finally:
+        for process, _ in running.values():
+            process.terminate()
+            process.wait(30)
+    if not rounds:
+        return
+    print(f"\n{'server (median of rounds)':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
+    for name in running:
+        cells = [(statistics.median(r[name][c][0] for r in rounds), statistics.median(r[name][c][1] for r in rounds))
+                 for c in counts]
+        print(f"{name:<26}" + "".join(f"{f'{rate:.1f} tok/s, TTFT {ttft:.2f} s':>26}" for rate, ttft in cells))
+    print("tokens generated / prompt tokens read (round 1): " + "; ".join(
+        f"{name}: " + ", ".join(f"{rounds[0][name][c][2]}/{rounds[0][name][c][3]}" for c in counts)
+        for name in running))
+    reference, ours = f"llama-server -np {n}", f"serve --parallel {n}"
+    if reference not in running or ours not in running:
+        return
+
+    def ratios(c: int) -> tuple[list[float], list[float]]:
+        each = [(r[ours][c][0] / r[reference][c][0], r[ours][c][1] / r[reference][c][1]) for r in rounds]
+        return [x[0] for x in each], [x[1] for x in each]
+
+    print("ours / llama-server, median of rounds: " + ", ".join(
+        f"{c} clients {statistics.median(ratios(c)[0]):.2f}× tok/s, {statistics.median(ratios(c)[1]):.2f}× TTFT"
+        for c in counts))
+    for c in counts:
+        throughput, ttft = ratios(c)
+        print(f"  {c} clients, each round: tok/s " + " ".join(f"{x:.2f}×" for x in throughput)
+              + "; TTFT " + " ".join(f"{x:.2f}×" for x in ttft))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path)
@@ -181,7 +245,8 @@ def main() -> None:
     parser.add_argument("--stream-interval-ms", type=float, default=None,
                         help="ours: shortest time between events (default: serve's own, 20 ms; 0 sends an event "
                              "per token, as llama-server streams)")
-    parser.add_argument("--rounds", type=int, default=1, help="times the servers take turns")
+    parser.add_argument("--rounds", type=int, default=3, help="times every cell is measured on every server")
+    parser.add_argument("--skip-single", action="store_true", help="leave out `serve --parallel 1`")
     parser.add_argument("--skip-costs", action="store_true", help="only the servers")
     parser.add_argument("--skip-servers", action="store_true", help="only one stream's costs (JSON schema, logprobs)")
     args = parser.parse_args()
@@ -194,49 +259,8 @@ def main() -> None:
         print(f"machine: {machine()}\nmodel: {model.name}, {args.threads} threads, {args.tokens} tokens per client, "
               f"ctx {args.ctx} per sequence; ours streams at most one event per "
               f"{args.stream_interval_ms if args.stream_interval_ms is not None else default_ms} ms")
-        n, threads, ctx = args.parallel, args.threads, args.ctx
-        servers = {
-            f"llama-server -np {n}": lambda: start_llama_server(model, n, threads, ctx),
-            f"serve --parallel {n}": lambda: start_ours(model, n, threads, ctx, args.stream_interval_ms),
-            "serve --parallel 1": lambda: start_ours(model, 1, threads, ctx, args.stream_interval_ms),
-        }
-        rounds: list[dict[str, dict[int, tuple[float, float, int, int]]]] = []
-        for _ in range(0 if args.skip_servers else args.rounds):
-            table: dict[str, dict[int, tuple[float, float, int, int]]] = {name: {} for name in servers}
-            for name, start in servers.items():
-                try:
-                    process, url = start()
-                except Exception as exc:  # noqa: BLE001 - llama-server may be unavailable: say so and go on
-                    print(f"{name}: unavailable ({exc})")
-                    continue
-                try:
-                    clients_run(url, 1, 4, tag=0)  # warm-up
-                    for count in counts:
-                        table[name][count] = clients_run(url, count, args.tokens, tag=count)
-                finally:
-                    process.terminate()
-                    process.wait(30)
-            rounds.append(table)
-        best = {name: {c: (max(r[name][c][0] for r in rounds), min(r[name][c][1] for r in rounds),
-                           rounds[0][name][c][2], rounds[0][name][c][3])
-                       for c in counts if rounds and all(c in r[name] for r in rounds)}
-                for name in servers}
-        if rounds:
-            print(f"\n{'server':<26}" + "".join(f"{f'{c} clients':>26}" for c in counts))
-            for name, row in best.items():
-                cells = "".join(f"{f'{row[c][0]:.1f} tok/s, TTFT {row[c][1]:.2f} s':>26}" if c in row else f"{'-':>26}"
-                                for c in counts)
-                print(f"{name:<26}{cells}")
-            print("tokens generated / prompt tokens read (round 1): " + "; ".join(
-                f"{name}: " + ", ".join(f"{row[c][2]}/{row[c][3]}" for c in counts if c in row)
-                for name, row in best.items()))
-            reference_name, ours_name = f"llama-server -np {args.parallel}", f"serve --parallel {args.parallel}"
-            for label, table in [("best", best)] + [(f"round {i + 1}", r) for i, r in enumerate(rounds)]:
-                reference, ours = table[reference_name], table[ours_name]
-                if reference and ours:
-                    print(f"ours / llama-server, {label}: " + ", ".join(
-                        f"{c} clients {ours[c][0] / reference[c][0]:.2f}× tok/s, "
-                        f"{ours[c][1] / reference[c][1]:.2f}× TTFT" for c in counts if c in ours and c in reference))
+        if not args.skip_servers:
+            compare_servers(model, args, counts)
         if args.skip_costs:
             return
         costs = engine_costs(model, args.threads, args.tokens)
