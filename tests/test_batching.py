@@ -399,3 +399,26 @@ def test_a_request_sent_just_after_a_reply_does_not_wait_behind_its_end(
         assert first_seq in steps[-1] and all(first_seq not in step for step in steps[first_done:-1])
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 40.0])
+def test_token_logprob_finds_the_true_top_alternatives(spread: float) -> None:
+    """The top alternatives are looked for near the best logit first: whether many, few or none of the others lie
+    there (a flat, an ordinary and a peaked row), they are the row's true best, in order, with float64 values."""
+
+    class Bytes:
+        @staticmethod
+        def token_bytes(token: int) -> bytes:
+            return str(token).encode()
+
+    rng = np.random.default_rng(7)
+    row = (rng.standard_normal(49152) * spread).astype(np.float32)
+    exact = row.astype(np.float64) - row.max()
+    exact -= np.log(np.exp(exact).sum())
+    for top in (1, 5, 20):
+        entry = batching.token_logprob(Bytes(), row, 123, top)  # type: ignore[arg-type]
+        assert entry.logprob == pytest.approx(exact[123], abs=1e-5)
+        assert [t for t, _, _ in entry.top] == list(np.argsort(-exact, kind="stable")[:top])
+        assert [v for _, _, v in entry.top] == pytest.approx(sorted(exact, reverse=True)[:top], abs=1e-5)
+    whole = batching.token_logprob(Bytes(), row[:8], 0, 20)  # type: ignore[arg-type]
+    assert len(whole.top) == 8
