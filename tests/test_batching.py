@@ -325,7 +325,7 @@ def test_a_shared_system_prompt_is_copied_from_another_sequence_not_read_again(t
         engine.wait_idle()
         tokens = engine.prompt_tokens(second)
         shared = common_prefix(engine.cached_tokens(0), tokens)
-        assert shared >= batching.COPY_MIN_TOKENS
+        assert shared >= batching.copy_threshold(engine._model)
         copied = engine.chat(second, GREEDY)
         assert engine.cached_tokens(0)[:shared] == engine.cached_tokens(1)[:shared], "the first sequence is kept"
         assert copied.stats.evaluated_prompt_tokens == len(tokens) - shared

@@ -645,6 +645,10 @@ class LlamaModel:
     def adds_eos(self) -> bool:
         return bool(llama_cpp.llama_vocab_get_add_eos(self._vocab))
 
+    @functools.cached_property
+    def n_params(self) -> int:
+        return int(llama_cpp.llama_model_n_params(self._model.model))
+
     @property
     def kv_bytes(self) -> int:
         """Bytes of the KV cache llama.cpp allocated: every layer's K and V for every cell of every sequence."""

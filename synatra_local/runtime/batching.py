@@ -9,6 +9,7 @@ arrival order while every sequence is busy. Everything a request sees (tokens, t
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -27,7 +28,9 @@ ARRIVAL_QUIET = 0.005  # seconds without a new request after which an idle engin
 ARRIVAL_MAX = 0.02
 TAIL_DELAY = 0.05  # seconds an engine with nothing but finished turns' ends waits for a request first (see _run)
 TOP_WINDOW = 16.0  # nats below the best logit where token_logprob looks for the top alternatives first
-COPY_MIN_TOKENS = 16  # a shared prompt prefix shorter than this is read again rather than copied (_prefix_donor)
+# FLOPs a machine does in the time it copies a byte of KV cache: compute over memory bandwidth, some tens on CPUs
+# (measured here: a 7B reads ~11 prompt tokens/s, ~160 GFLOP/s, and copies GB/s) and on GPUs alike
+COPY_FLOPS_PER_BYTE = 32
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,14 @@ class _Slot:
         return self.job is None and not self.pending
 
 
+def copy_threshold(model: LlamaModel) -> int:
+    """Shared prompt tokens from which copying them from another sequence beats reading them again. With a KV cache
+    per sequence a copy moves that sequence's whole cache (its bytes); reading a token costs about two FLOPs per
+    weight. A 7B at 512 tokens of context copies from 1 token on; SmolLM2 at 1,024 from 3."""
+    per_sequence = model.kv_bytes / model.n_seq
+    return max(1, math.ceil(COPY_FLOPS_PER_BYTE * per_sequence / (2 * model.n_params)))
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -92,6 +103,7 @@ class BatchScheduler:
         self._model = model
         self._prefill_turn_end = prefill_turn_end
         self._slots = [_Slot(seq) for seq in range(model.n_seq)]
+        self._copy_min = copy_threshold(model)
         self._started = 0
         self._queue: deque[Job] = deque()
         self._wake = threading.Condition()
@@ -181,8 +193,7 @@ class BatchScheduler:
 
     def _prefix_donor(self, slot: _Slot, job: Job, keep: int) -> tuple[_Slot, int] | None:
         """The sequence whose cache starts with the most of `job`'s prompt, and how many tokens of it, when copying
-        it beats reading those tokens again: at least COPY_MIN_TOKENS more than `slot` keeps, and a 64th of the
-        context (a copy moves every cell of a sequence's cache, so long contexts need a longer shared prefix)."""
+        it beats reading those tokens again (at least `_copy_min` more than `slot` keeps)."""
         if job.prompt_logprobs is not None:
             return None
         others = [other for other in self._slots if other is not slot and other.cached]
@@ -190,8 +201,7 @@ class BatchScheduler:
             return None
         shared = {other.seq: min(common_prefix(other.cached, job.tokens), len(job.tokens) - 1) for other in others}
         donor = max(others, key=lambda other: shared[other.seq])
-        enough = max(COPY_MIN_TOKENS, self._model.n_ctx // 64)
-        return (donor, shared[donor.seq]) if shared[donor.seq] - keep >= enough else None
+        return (donor, shared[donor.seq]) if shared[donor.seq] - keep >= self._copy_min else None
 
     def _gather_arrivals(self) -> None:
         """With no request running, wait until none has come for ARRIVAL_QUIET seconds (ARRIVAL_MAX at most), so
