@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 ARRIVAL_QUIET = 0.005  # seconds without a new request after which an idle engine starts (see _gather_arrivals)
 ARRIVAL_MAX = 0.02
-TAIL_DELAY = 0.05  # seconds an engine with nothing but finished turns' ends waits for a request first (see _run)
+TAIL_DELAY = 0.5  # seconds an engine with nothing but finished turns' ends waits for a request first (see _run)
 TOP_WINDOW = 16.0  # nats below the best logit where token_logprob looks for the top alternatives first
 # FLOPs a machine does in the time it copies a byte of KV cache: compute over memory bandwidth, some tens on CPUs
 # (measured here: a 7B reads ~11 prompt tokens/s, ~160 GFLOP/s, and copies GB/s) and on GPUs alike
