@@ -42,7 +42,10 @@ QUESTIONS = [
     "Describe a city at night.",
 ]
 COST_ROUNDS = 9
-SETTLE_SECONDS = 0.3  # between two servers' turns: the last one's idle compute threads stop polling
+# between two servers' turns, so that nothing the last one does after its replies falls into the next one's
+# measurement: its compute threads stop polling, and it reads its finished turns' ends (ours waits TAIL_DELAY,
+# then one step)
+SETTLE_SECONDS = 2.0
 SCHEMA = {
     "type": "object",
     "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
