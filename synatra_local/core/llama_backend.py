@@ -616,9 +616,10 @@ class LlamaModel:
         self._all_logits: list[np.ndarray] = []
         self.evaluated_tokens = 0  # every token decoded since load, for statistics and tests
 
-    @property
+    @functools.cached_property
     def n_ctx(self) -> int:
-        """Each sequence's context (what llama.cpp allocated for it)."""
+        """Each sequence's context (what llama.cpp allocated for it; fixed for the context's life, and read for
+        every sampled token)."""
         return int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx))
 
     @property
