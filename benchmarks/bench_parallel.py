@@ -272,9 +272,9 @@ def main() -> None:
               f"({costs['logprobs'] / costs['plain']:.2f}×)")
         from bench_runtime import same_context
 
-        bare, engine = same_context(model, QUESTIONS[0] * 4, args.tokens, args.threads, 3)
+        bare, engine = same_context(model, QUESTIONS[0] * 4, args.tokens, args.threads, COST_ROUNDS)
         print(f"engine vs a bare llama_decode loop on its own context: {engine:.1f} vs {bare:.1f} tok/s "
-              f"({engine / bare:.2f}×)")
+              f"({engine / bare:.2f}×, median of {COST_ROUNDS} alternated pairs)")
 
 
 if __name__ == "__main__":
