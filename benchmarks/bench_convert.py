@@ -1,23 +1,29 @@
 """Converter benchmark: copy floor vs `convert` (F16), peak memory, and quantize vs llama.cpp's quantizer.
 
 Builds (or reuses) a Synatra-7B-shaped fp16 PyTorch checkpoint with random weights in 2 shards, then in one run:
-  1. the floor: the same bytes copied the kernel's fastest way (copy_file_range, one fsync at the end), cold
-     cache where the kernel allows, before the first convert and after each; the fastest is the floor;
-  2. `synatra-local convert --outtype f16` in a child process, `--rounds` times alternated with the floor (this
+  1. the floor: the same bytes copied by the kernel two ways, cold cache where the kernel allows, before the first
+     convert and after each: plain (copy_file_range in 1 GiB calls, one fsync at the end, as `cp` does) and
+     streamed (copy_file_range in 64 MiB steps, each step handed to the disk at once with sync_file_range and
+     both sides dropped from the page cache a window later, one fsync at the end); the fastest is the floor;
+  2. `synatra-local convert --outtype f16` in a child process, `--rounds` times alternated with the floors (this
      disk's speed drifts by 2× within minutes): wall time and peak anonymous memory; each round's ratio is convert
-     over the faster of the floors just before and just after it, and the median of those ratios is the figure;
-  3. llama.cpp's own `convert_hf_to_gguf.py` (the pinned binding's source) to F16, when torch and
+     over the fastest of the floors just before and just after it, and the median of those ratios is the figure;
+  3. the same conversion as `quantize` writes its intermediate (no fsync; the file is deleted once quantized),
+     once, followed by the floors;
+  4. llama.cpp's own `convert_hf_to_gguf.py` (the pinned binding's source) to F16, when torch and
      transformers are installed, as a second reference;
-  4. `quantize` to Q4_K_M and Q8_0 through our code, and Q4_K_M through llama.cpp's quantizer called
+  5. `quantize` to Q4_K_M and Q8_0 through our code, and Q4_K_M through llama.cpp's quantizer called
      directly (`llama_model_quantize` with the same threads), as the reference.
 Targets: convert ≤ 1.10× the floor, peak anonymous memory ≤ 512 MiB, quantize ≈ llama.cpp's own speed.
-Usage: python benchmarks/bench_convert.py [--shape 7b|tiny] [--work DIR] [--threads N] [--rounds N] [--no-quantize]
+Usage: python benchmarks/bench_convert.py [--shape 7b|tiny] [--weights bin|safetensors] [--work DIR] [--threads N]
+                                          [--rounds N] [--no-quantize]
 Everything it writes under --work/out is removed at the end (the checkpoint is kept for the next run).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -30,6 +36,57 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import drop_caches, machine, run_measured  # noqa: E402
 
 MIB = 1 << 20
+# `quantize` writes its intermediate through the same call, without the closing fsync
+INTERMEDIATE = (
+    "import sys\n"
+    "from synatra_local.convert.checkpoint import open_checkpoint\n"
+    "from synatra_local.convert.gguf_export import write_gguf\n"
+    "write_gguf(open_checkpoint(sys.argv[1]), sys.argv[2], outtype='f16', durable=False)\n"
+)
+
+
+def streamed_floor(files: list[Path], target: Path, step: int = 64 * MIB, lag: int = 4) -> float:
+    """Seconds to copy `files` into one file in the kernel, each step written back at once and both sides dropped
+    from the page cache `lag` steps later (sync_file_range + POSIX_FADV_DONTNEED), plus one fsync; then removed.
+    Linux only; elsewhere the plain floor stands alone."""
+    sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    write, wait_write_wait = 2, 7  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
+    start = time.perf_counter()
+    with target.open("wb") as out:
+        fd, position, pending = out.fileno(), 0, []
+        for path in files:
+            with path.open("rb") as src:
+                os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                offset, left = 0, path.stat().st_size
+                while left:
+                    n = os.copy_file_range(src.fileno(), fd, min(left, step), offset, position)
+                    if n == 0:
+                        raise EOFError(path)
+                    if sync_file_range(fd, position, n, write):
+                        raise OSError(ctypes.get_errno(), "sync_file_range")
+                    os.posix_fadvise(src.fileno(), offset, n, os.POSIX_FADV_DONTNEED)
+                    pending.append((position, n))
+                    if len(pending) > lag:
+                        old, count = pending.pop(0)
+                        if sync_file_range(fd, old, count, wait_write_wait):
+                            raise OSError(ctypes.get_errno(), "sync_file_range")
+                        os.posix_fadvise(fd, old, count, os.POSIX_FADV_DONTNEED)
+                    position, offset, left = position + n, offset + n, left - n
+        os.fsync(fd)
+    seconds = time.perf_counter() - start
+    target.unlink()
+    return seconds
+
+
+def floor_pair(files: list[Path], out: Path) -> tuple[float, float | None]:
+    """The plain and the streamed floor, each from a cold cache (the streamed one None where it cannot run)."""
+    drop_caches()
+    plain = copy_floor(files, out / "copy.bin")
+    if not sys.platform.startswith("linux"):
+        return plain, None
+    drop_caches()
+    return plain, streamed_floor(files, out / "copy.bin")
 
 
 def copy_floor(files: list[Path], target: Path) -> float:
@@ -79,6 +136,7 @@ def llama_cpp_convert(folder: Path, target: Path) -> tuple[float, int] | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["7b", "tiny"], default="7b")
+    parser.add_argument("--weights", choices=["bin", "safetensors"], default="bin", help="the checkpoint's format")
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / "work")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=2, help="converts, each followed by a floor")
@@ -88,14 +146,15 @@ def main() -> None:
     from synatra_local.convert.tiny import MISTRAL_7B, TINY, build_checkpoint
 
     work = args.work / args.shape
-    folder = work / "Synatra-7B-v0.1-random"
-    if not (folder / "pytorch_model.bin.index.json").is_file():
+    folder = work / ("Synatra-7B-v0.1-random" + ("" if args.weights == "bin" else "-safetensors"))
+    index = "pytorch_model.bin.index.json" if args.weights == "bin" else "model.safetensors.index.json"
+    if not (folder / index).is_file():
         print(f"building a {args.shape} fp16 checkpoint with random weights in {folder} …", flush=True)
         start = time.perf_counter()
-        build_checkpoint(folder, version="v0.1", weights="bin", dtype="F16", shards=2,
+        build_checkpoint(folder, version="v0.1", weights=args.weights, dtype="F16", shards=2,
                          shape=MISTRAL_7B if args.shape == "7b" else TINY)
         print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)
-    shards = sorted(folder.glob("pytorch_model-*.bin"))
+    shards = sorted(folder.glob("*.bin" if args.weights == "bin" else "*.safetensors"))
     size = sum(p.stat().st_size for p in shards)
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
@@ -109,44 +168,60 @@ def main() -> None:
 
 def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int, out: Path) -> None:
     cold = drop_caches()
-    floors = [copy_floor(shards, out / "copy.bin")]
+    pairs = [floor_pair(shards, out)]
     cli = [sys.executable, "-m", "synatra_local"]
     f16 = out / "model-F16.gguf"
-    convert_argv = cli + ["convert", str(folder), "-o", str(f16), "--outtype", "f16", "--quiet", "--force"]
+    convert_argv = cli + ["convert", str(folder), "-o", str(f16), "--outtype", "f16", "--quiet"]
     converts: list[tuple[float, int]] = []
     for _ in range(args.rounds):
+        f16.unlink(missing_ok=True)  # outside the timing, as the floors remove their copies outside theirs
         drop_caches()
         converts.append(run_measured(convert_argv))
-        drop_caches()
-        floors.append(copy_floor(shards, out / "copy.bin"))
+        pairs.append(floor_pair(shards, out))
+    intermediate = out / "intermediate-F16.gguf"
+    drop_caches()
+    intermediate_argv = [sys.executable, "-c", INTERMEDIATE, str(folder), str(intermediate)]
+    intermediate_s, intermediate_peak = run_measured(intermediate_argv)
+    intermediate.unlink()
+    pairs.append(floor_pair(shards, out))
     if not args.no_quantize:
         quantize_report(args, cli, f16, out)
     f16.unlink()
     drop_caches()
     llama = llama_cpp_convert(folder, out / "llama-cpp-F16.gguf")
-    drop_caches()
-    floors.append(copy_floor(shards, out / "copy.bin"))
+    pairs.append(floor_pair(shards, out))
+    floors = [min(s for s in pair if s is not None) for pair in pairs]
     floor = min(floors)
     convert_s = min(s for s, _ in converts)
     convert_peak = max(peak for _, peak in converts)
 
+    def floor_rows(pair: tuple[float, float | None]) -> None:
+        plain, streamed = pair
+        print(f"{'  copy floor, plain (copy_file_range+fsync)':<44}{plain:>9.1f}{plain / floor:>9.2f}")
+        if streamed is not None:
+            print(f"{'  copy floor, streamed (+write/drop-behind)':<44}{streamed:>9.1f}{streamed / floor:>9.2f}")
+
     print(f"\nmachine: {machine()}; shape {args.shape}; cache {'cold' if cold else 'warm (cannot drop caches)'}")
-    print(f"checkpoint: {len(shards)} shards, {size / 1e9:.2f} GB fp16")
+    print(f"checkpoint: {len(shards)} {args.weights} shards, {size / 1e9:.2f} GB fp16")
     print(f"{'step (in the order run)':<44}{'seconds':>9}{'ratio':>9}{'peak anon MiB':>15}")
-    print(f"{'copy floor (copy_file_range+fsync)':<44}{floors[0]:>9.1f}{floors[0] / floor:>9.2f}")
-    for (seconds, peak), after in zip(converts, floors[1:], strict=False):
+    floor_rows(pairs[0])
+    for (seconds, peak), after in zip(converts, pairs[1:], strict=False):
         print(f"{'convert → F16 GGUF':<44}{seconds:>9.1f}{seconds / floor:>9.2f}{peak / MIB:>15.0f}")
-        print(f"{'copy floor':<44}{after:>9.1f}{after / floor:>9.2f}")
+        floor_rows(after)
+    print(f"{'quantize intermediate → F16 (no fsync)':<44}{intermediate_s:>9.1f}{intermediate_s / floor:>9.2f}"
+          f"{intermediate_peak / MIB:>15.0f}")
+    floor_rows(pairs[-2])
     if isinstance(llama, tuple):
         print(f"{'llama.cpp convert_hf_to_gguf.py → F16':<44}{llama[0]:>9.1f}{llama[0] / floor:>9.2f}"
               f"{llama[1] / MIB:>15.0f}")
-        print(f"{'copy floor':<44}{floors[-1]:>9.1f}{floors[-1] / floor:>9.2f}")
+        floor_rows(pairs[-1])
     else:
         print(f"llama.cpp convert_hf_to_gguf.py: {llama}")
-    adjacent = zip(converts, floors, floors[1:], strict=False)  # the last floor follows llama.cpp's converter
+    adjacent = zip(converts, floors, floors[1:], strict=False)  # the last floors follow the other steps
     paired = [seconds / min(before, after) for (seconds, _), before, after in adjacent]
+    print(f"quantize's intermediate / the fastest adjacent floor: {intermediate_s / min(floors[-3:-1]):.2f}×")
     ratio = statistics.median(paired)
-    print(f"convert / the faster adjacent floor, per round: {', '.join(f'{r:.2f}×' for r in paired)}; "
+    print(f"convert / the fastest adjacent floor, per round: {', '.join(f'{r:.2f}×' for r in paired)}; "
           f"median {ratio:.2f}×")
     print(f"fastest convert / fastest floor: {convert_s / floor:.2f}× ({convert_s:.1f} s / {floor:.1f} s)")
     print(f"targets: convert ≤ 1.10× the floor (median round): {'met' if ratio <= 1.10 else 'NOT met'}; "

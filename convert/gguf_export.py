@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,10 +23,9 @@ from synatra_local.core.model_meta import (
 from synatra_local.core.progress import Progress, SilentProgress
 
 from .checkpoint import Checkpoint, HyperParameters
-from .file_ranges import SourceFiles, copy_range, read_array
+from .file_ranges import SourceFiles, WriteBehind, copy_range, read_array, write_array
 from .naming import model_display_name
 from .prompt_format import resolve_prompt_format
-from .read_ahead import ReadAhead
 from .tensors import NUMPY_STORAGE, SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
 from .vocab import Vocabulary, load_vocabulary
 
@@ -42,7 +40,6 @@ _FILE_TYPES = {
 # Checkpoint tensors with no meaning for inference that older transformers versions saved.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 CHUNK_BYTES = 64 << 20
-READ_AHEAD_BYTES = 128 << 20  # converted bytes waiting for the writer, at most
 
 
 @dataclass(frozen=True)
@@ -139,12 +136,11 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         progress.start(f"convert → {output.name}", data_bytes)
-        with SourceFiles() as files, ReadAhead(_changed(plan, files), READ_AHEAD_BYTES) as ahead:
-            for t, following in zip(plan, plan[1:] + [None], strict=True):
-                if following is not None and following.source.offset is not None:
-                    files.prefetch(following.source.file, following.source.offset, following.source.nbytes)
-                writer.write_tensor_data(_StreamedTensor(t, files, ahead, progress))
         assert writer.fout is not None
+        behind = WriteBehind(writer.fout[0].fileno())
+        with SourceFiles() as files:
+            for t in plan:
+                writer.write_tensor_data(_StreamedTensor(t, files, behind, progress))
         for f in writer.fout:
             f.flush()
             if durable:
@@ -197,41 +193,46 @@ def _add_metadata(
 class _StreamedTensor:
     """Looks enough like an ndarray for GGUFWriter.write_tensor_data, but writes itself in chunks."""
 
-    def __init__(self, planned: PlannedTensor, files: SourceFiles, ahead: ReadAhead[str], progress: Progress) -> None:
+    def __init__(self, planned: PlannedTensor, files: SourceFiles, behind: WriteBehind, progress: Progress) -> None:
         self.planned = planned
         self.files = files
-        self.ahead = ahead
+        self.behind = behind
         self.progress = progress
         self.nbytes = planned.nbytes
         self.shape = planned.shape
 
     def tofile(self, fout: BinaryIO) -> None:
-        _write_tensor(self.planned, fout, self.files, self.ahead, self.progress)
-
-
-def _changed(plan: list[PlannedTensor], files: SourceFiles) -> Iterator[tuple[str, Callable[[], Iterator[np.ndarray]]]]:
-    """The read-ahead's jobs: every tensor whose bytes change on the way, in output order."""
-    for t in plan:
-        if not _unchanged(t):
-            yield t.name, functools.partial(_converted_chunks, t, files)
+        _write_tensor(self.planned, fout, self.files, self.behind, self.progress)
 
 
 def _write_tensor(
-    t: PlannedTensor, fout: BinaryIO, files: SourceFiles, ahead: ReadAhead[str], progress: Progress
+    t: PlannedTensor, fout: BinaryIO, files: SourceFiles, behind: WriteBehind, progress: Progress
 ) -> None:
-    """One tensor at the output's position: copied by the kernel when unchanged, else the read-ahead's converted
-    row blocks."""
+    """One tensor at the output's position: copied by the kernel when unchanged, else read whole and converted in
+    row blocks; each step's bytes handed to the disk as it completes."""
+    fout.flush()
+    position = fout.tell()
     try:
         if _unchanged(t):
-            assert t.source.offset is not None
-            fout.flush()
-            start = fout.tell()
-            copy_range(files.fd(t.source.file), t.source.offset, fout.fileno(), start, t.nbytes, progress.advance)
-            fout.seek(start + t.nbytes)
+            source, offset = t.source.file, t.source.offset
+            assert offset is not None
+
+            def copied(n: int) -> None:
+                nonlocal position, offset
+                files.release(source, offset, n)
+                behind.written_to(position + n)
+                position += n
+                offset += n
+                progress.advance(n)
+
+            copy_range(files.fd(source), offset, fout.fileno(), position, t.nbytes, copied)
+            fout.seek(position)
             return
-        for chunk in ahead.chunks(t.name):
-            fout.write(memoryview(chunk).cast("B"))
+        for chunk in _converted_chunks(t, files):
+            position += write_array(fout.fileno(), chunk, position)
+            behind.written_to(position)
             progress.advance(chunk.nbytes)
+        fout.seek(position)
     except EOFError as exc:
         raise CheckpointError(
             f"{t.source.file}: tensor {t.source.name} is cut short ({exc})",
@@ -246,7 +247,8 @@ def _unchanged(t: PlannedTensor) -> bool:
 
 
 def _converted_chunks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarray]:
-    """Row blocks of the output tensor, each already permuted and converted to the output type."""
+    """Row blocks of the output tensor in the output type, their rows in output order: a view where only the order
+    changes (q/k of an F16 checkpoint written as F16), a new array where the type does."""
     rows = t.shape[0]
     row_elems = math.prod(t.shape[1:])
     storage = NUMPY_STORAGE[t.source.dtype]
@@ -264,11 +266,12 @@ def _converted_chunks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarr
                 block = read_array(files.fd(t.source.file), block_offset, storage, (count, *t.shape[1:]))
             except OSError as exc:
                 raise _unreadable(t, exc) from exc
+            files.release(t.source.file, block_offset, block.nbytes)
         else:
             block = mapped[start : start + count]
         if t.permute_heads:
-            block = _permute_rows(block, count // (rows // t.permute_heads))
-        yield np.ascontiguousarray(_convert(block, t.source.dtype, t.ggml_type))
+            block = _interleave_heads(block, count // (rows // t.permute_heads))
+        yield _convert(block, t.source.dtype, t.ggml_type)
 
 
 def _mapped(t: PlannedTensor) -> np.ndarray:
@@ -289,9 +292,10 @@ def _unreadable(t: PlannedTensor, exc: Exception) -> CheckpointError:
     return CheckpointError(f"{t.source.file}: cannot read {t.source.name} ({exc})", fix="re-download it")
 
 
-def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF stores q/k rows as [first halves | second halves] per head; llama.cpp's rope wants them interleaved."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def _interleave_heads(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores q/k rows as [first halves | second halves] per head; llama.cpp's rope wants them interleaved.
+    A view (head, pair, half, ...) whose C order is the output's row order; nothing is copied."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2)
 
 
 def _convert(block: np.ndarray, src: str, dst: gguf.GGMLQuantizationType) -> np.ndarray:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from synatra_local.core import llama_backend
 from synatra_local.core.atomic import atomic_output, ensure_free_space, refuse_existing
 from synatra_local.core.errors import ModelFileError, SynatraError
 from synatra_local.core.gguf_info import read_model_info
@@ -207,6 +206,8 @@ def _quantize_one(
         if step > 0:
             progress.advance(step)
             shown += step
+
+    from synatra_local.core import llama_backend  # here: `convert` alone never loads llama.cpp (0.1 s of start)
 
     with atomic_output(path, force=force) as partial:
         if weights is None:

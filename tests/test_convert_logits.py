@@ -167,7 +167,7 @@ def test_negative_control_without_qk_permutation_disagrees(
         calls.append(n_head)
         return w
 
-    monkeypatch.setattr(gguf_export, "_permute_rows", no_permute)
+    monkeypatch.setattr(gguf_export, "_interleave_heads", no_permute)
     folder, expected = built[LAYOUTS[2].id]
     path = convert(folder, logits_root / "out" / "unpermuted-f32.gguf", outtype="f32")
     assert calls, "the patched permute was never called"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,184 @@ def test_an_intermediate_is_not_fsynced_but_an_output_is(tmp_path: Path, monkeyp
     write_gguf(open_checkpoint(folder), tmp_path / "b.gguf", outtype="f16")
     assert len(synced) == 1
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+def _resident_fraction(path: Path, start: int = 0, end: int | None = None) -> float:
+    """Share of a file's pages in `[start, end)` that sit in the page cache (mincore over a read-only map)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    end = size if end is None else end
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    with path.open("rb") as f:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), "mmap failed"
+        try:
+            pages = (size + page - 1) // page
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            flags = np.frombuffer(vector.raw, dtype=np.uint8)[start // page : (end + page - 1) // page]
+        finally:
+            libc.munmap(address, size)
+    return float(np.mean(flags & 1))
+
+
+def _page_cache_is_droppable(folder: Path) -> bool:
+    """tmpfs keeps every page it holds (its pages are the file): there is no cache to stream through."""
+    best = ""
+    kind = ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if str(folder.resolve()).startswith(fields[1]) and len(fields[1]) > len(best):
+            best, kind = fields[1], fields[2]
+    return kind not in ("tmpfs", "ramfs")
+
+
+linux_page_cache = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or file_ranges._sync_file_range is None,
+    reason="sync_file_range and POSIX_FADV_DONTNEED are Linux calls; elsewhere WriteBehind does nothing",
+)
+
+
+@linux_page_cache
+def test_write_behind_leaves_the_bytes_on_disk_and_out_of_the_cache(tmp_path: Path) -> None:
+    """A streamed write keeps at most the window cached; a plain write of the same bytes stays cached whole."""
+    if not _page_cache_is_droppable(tmp_path):
+        pytest.skip(f"{tmp_path} is on tmpfs, whose pages cannot be dropped; run with --basetemp on a disk")
+    data = np.random.default_rng(1).integers(0, 256, size=48 << 20, dtype=np.uint8)
+    plain, streamed = tmp_path / "plain.bin", tmp_path / "streamed.bin"
+    plain.write_bytes(data.tobytes())
+    window = 8 << 20
+    with streamed.open("wb") as out:
+        behind = file_ranges.WriteBehind(out.fileno(), window=window)
+        for start in range(0, len(data), 3 << 20):  # steps that end mid-page as well as on pages
+            out.write(data[start : start + (3 << 20) + 5].tobytes()[: min(3 << 20, len(data) - start)])
+            out.flush()
+            behind.written_to(out.tell())
+    assert streamed.read_bytes() == plain.read_bytes()  # (this read brings it back; residency is measured below)
+    os.posix_fadvise(os.open(streamed, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: droppable now
+
+    with streamed.open("wb") as out:  # again, now measuring what stays cached
+        behind = file_ranges.WriteBehind(out.fileno(), window=window)
+        for start in range(0, len(data), 3 << 20):
+            out.write(data[start : start + (3 << 20)].tobytes())
+            out.flush()
+            behind.written_to(out.tell())
+        left_cached = _resident_fraction(streamed, 0, len(data) - window - (4 << 20))
+    assert _resident_fraction(plain) > 0.9, "a plain write stays in the page cache"
+    assert left_cached < 0.05, f"{left_cached:.0%} of the streamed bytes behind the window are still cached"
+
+
+def test_write_behind_hands_on_whole_pages_in_order_and_waits_a_window_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int, int]] = []
+    drops: list[tuple[int, int]] = []
+    monkeypatch.setattr(file_ranges, "_sync_file_range", object())
+    monkeypatch.setattr(
+        file_ranges, "_sync_range", lambda fd, offset, count, flags: calls.append((offset, count, flags))
+    )
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, count, advice: drops.append((offset, count)))
+    page, mib = file_ranges._PAGE, 1 << 20
+    behind = file_ranges.WriteBehind(3, start=100, window=16 * mib)
+    behind.written_to(1000)  # under the minimum: nothing yet
+    assert calls == []
+    for end in range(5 * mib + 7, 60 * mib, 5 * mib):
+        behind.written_to(end)
+    writes = [(o, n) for o, n, flags in calls if flags == file_ranges._SYNC_WRITE]
+    waits = [(o, n) for o, n, flags in calls if flags != file_ranges._SYNC_WRITE]
+    assert writes[0][0] == 100 and all((o + n) % page == 0 for o, n in writes), "whole pages only"
+    assert all(a[0] + a[1] == b[0] for a, b in zip(writes, writes[1:], strict=False)), "contiguous, in order"
+    assert waits == drops and waits[0][0] == 100
+    assert all(a[0] + a[1] == b[0] for a, b in zip(waits, waits[1:], strict=False))
+    handed = writes[-1][0] + writes[-1][1]
+    waited = waits[-1][0] + waits[-1][1]
+    assert handed - waited == 16 * mib, "a window of bytes in flight, the older ones waited for and dropped"
+
+
+@pytest.mark.parametrize(("code", "raised"), [(errno.EINVAL, False), (errno.ENOSYS, False), (errno.EIO, True)])
+def test_write_behind_gives_way_where_a_filesystem_cannot_but_not_on_disk_errors(
+    monkeypatch: pytest.MonkeyPatch, code: int, raised: bool
+) -> None:
+    calls: list[int] = []
+
+    def refuse(fd: int, offset: int, count: int, flags: int) -> None:
+        calls.append(offset)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(file_ranges, "_sync_file_range", object())
+    monkeypatch.setattr(file_ranges, "_sync_range", refuse)
+    behind = file_ranges.WriteBehind(3)
+    if raised:
+        with pytest.raises(OSError, match="Input/output"):
+            behind.written_to(8 << 20)
+        return
+    behind.written_to(8 << 20)
+    behind.written_to(16 << 20)
+    assert calls == [0], "asked once, then left to the kernel's own writeback"
+
+
+@linux_page_cache
+def test_convert_streams_through_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a conversion neither the shards nor the output (behind the last window) are left in the page cache."""
+    if not _page_cache_is_droppable(tmp_path):
+        pytest.skip(f"{tmp_path} is on tmpfs, whose pages cannot be dropped; run with --basetemp on a disk")
+    folder = build_checkpoint(tmp_path / "ckpt", weights="bin", dtype="F16", shards=2)
+    for shard in folder.glob("*.bin"):
+        with shard.open("rb") as f:
+            os.fsync(f.fileno())  # clean, as a downloaded checkpoint's pages are (dirty pages cannot be dropped)
+        shard.read_bytes()  # cached before: the conversion is what drops them
+        assert _resident_fraction(shard) > 0.9
+    window = 1 << 20
+    monkeypatch.setattr(file_ranges, "WRITE_BEHIND_BYTES", window)
+    monkeypatch.setattr(file_ranges, "_SYNC_MIN_BYTES", 256 << 10)
+    output = convert(folder, tmp_path / "out.gguf", outtype="f16")
+    for shard in folder.glob("*.bin"):
+        assert _resident_fraction(shard) < 0.2, f"{shard.name} left in the page cache"
+    size = output.stat().st_size
+    assert size > 8 * window
+    assert _resident_fraction(output, 0, size - 2 * window) < 0.2, "the output's written bytes left cached"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a,  # contiguous
+        lambda a: a.reshape(4, 2, 8, 48).swapaxes(1, 2),  # rows reordered (q/k per head): gathered
+        lambda a: a[:, ::2],  # strided within rows: copied first
+        lambda a: a.T,  # transposed
+    ],
+)
+def test_write_array_writes_any_view_in_c_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make) -> None:
+    monkeypatch.setattr(file_ranges, "_IOV_MAX", 5)  # several gathering calls
+    view = make(np.arange(64 * 48, dtype=np.float16).reshape(64, 48))
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"H" * 10)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        assert file_ranges.write_array(fd, view, 10) == view.nbytes
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"H" * 10 + np.ascontiguousarray(view).tobytes()
+
+
+def test_write_array_finishes_after_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pwritev may write less than asked (signals, quotas): the rest follows, mid-row included."""
+    real = os.pwritev
+
+    def short(fd: int, buffers: list[memoryview], offset: int) -> int:
+        return real(fd, [buffers[0][: max(1, len(buffers[0]) // 3)]], offset)
+
+    monkeypatch.setattr(os, "pwritev", short)
+    view = np.arange(32 * 10, dtype=np.float32).reshape(4, 2, 4, 10).swapaxes(1, 2)
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        assert file_ranges.write_array(fd, view, 0) == view.nbytes
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == np.ascontiguousarray(view).tobytes()
