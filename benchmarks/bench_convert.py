@@ -1,10 +1,11 @@
 """Converter benchmark: copy floor vs `convert` (F16), peak memory, and quantize vs llama.cpp's quantizer.
 
 Builds (or reuses) a Synatra-7B-shaped fp16 PyTorch checkpoint with random weights in 2 shards, then in one run:
-  1. the floor: the same bytes copied by the kernel two ways, cold cache where the kernel allows, before the first
-     convert and after each: plain (copy_file_range in 1 GiB calls, one fsync at the end, as `cp` does) and
-     streamed (copy_file_range in 64 MiB steps, each step handed to the disk at once with sync_file_range and
-     both sides dropped from the page cache a window later, one fsync at the end); the fastest is the floor;
+  1. the floor: the same bytes copied by the kernel three ways, cold cache where the kernel allows, before the first
+     convert and after each: plain (copy_file_range in 1 GiB calls, one fsync at the end, as `cp` does), and
+     streamed in 64 MiB steps, each step handed to the disk at once with sync_file_range and both sides dropped
+     from the page cache a window later, one fsync at the end, each step moved either by copy_file_range or by
+     mapping the source range with MAP_POPULATE and one pwrite; the fastest is the floor;
   2. `synatra-local convert --outtype f16` in a child process, `--rounds` times alternated with the floors (this
      disk's speed drifts by 2× within minutes): wall time and peak anonymous memory; each round's ratio is convert
      over the fastest of the floors just before and just after it, and the median of those ratios is the figure;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib.util
+import mmap
 import os
 import shutil
 import statistics
@@ -45,10 +47,10 @@ INTERMEDIATE = (
 )
 
 
-def streamed_floor(files: list[Path], target: Path, step: int = 64 * MIB, lag: int = 4) -> float:
-    """Seconds to copy `files` into one file in the kernel, each step written back at once and both sides dropped
-    from the page cache `lag` steps later (sync_file_range + POSIX_FADV_DONTNEED), plus one fsync; then removed.
-    Linux only; elsewhere the plain floor stands alone."""
+def streamed_floor(files: list[Path], target: Path, mapped: bool, step: int = 64 * MIB, lag: int = 4) -> float:
+    """Seconds to copy `files` into one file, each step written back at once and both sides dropped from the page
+    cache `lag` steps later (sync_file_range + POSIX_FADV_DONTNEED), plus one fsync; then removed. A step is moved
+    by copy_file_range, or (`mapped`) by mapping it with MAP_POPULATE and one pwrite. Linux only."""
     sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
     sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     write, wait_write_wait = 2, 7  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
@@ -60,7 +62,9 @@ def streamed_floor(files: list[Path], target: Path, step: int = 64 * MIB, lag: i
                 os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 offset, left = 0, path.stat().st_size
                 while left:
-                    n = os.copy_file_range(src.fileno(), fd, min(left, step), offset, position)
+                    n = (_mapped_step if mapped else os.copy_file_range)(
+                        src.fileno(), fd, min(left, step), offset, position
+                    )
                     if n == 0:
                         raise EOFError(path)
                     if sync_file_range(fd, position, n, write):
@@ -79,14 +83,24 @@ def streamed_floor(files: list[Path], target: Path, step: int = 64 * MIB, lag: i
     return seconds
 
 
-def floor_pair(files: list[Path], out: Path) -> tuple[float, float | None]:
-    """The plain and the streamed floor, each from a cold cache (the streamed one None where it cannot run)."""
+def _mapped_step(src: int, dst: int, count: int, offset: int, position: int) -> int:
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+    mapping = mmap.mmap(src, count + offset - start, flags=flags, prot=mmap.PROT_READ, offset=start)
+    with mapping, memoryview(mapping) as view:
+        return os.pwrite(dst, view[offset - start :], position)
+
+
+def floor_set(files: list[Path], out: Path) -> tuple[float, ...]:
+    """The plain floor and the two streamed ones (Linux only), each from a cold cache."""
     drop_caches()
     plain = copy_floor(files, out / "copy.bin")
     if not sys.platform.startswith("linux"):
-        return plain, None
+        return (plain,)
     drop_caches()
-    return plain, streamed_floor(files, out / "copy.bin")
+    copied = streamed_floor(files, out / "copy.bin", mapped=False)
+    drop_caches()
+    return plain, copied, streamed_floor(files, out / "copy.bin", mapped=True)
 
 
 def copy_floor(files: list[Path], target: Path) -> float:
@@ -168,7 +182,7 @@ def main() -> None:
 
 def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int, out: Path) -> None:
     cold = drop_caches()
-    pairs = [floor_pair(shards, out)]
+    pairs = [floor_set(shards, out)]
     cli = [sys.executable, "-m", "synatra_local"]
     f16 = out / "model-F16.gguf"
     convert_argv = cli + ["convert", str(folder), "-o", str(f16), "--outtype", "f16", "--quiet"]
@@ -177,29 +191,28 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
         f16.unlink(missing_ok=True)  # outside the timing, as the floors remove their copies outside theirs
         drop_caches()
         converts.append(run_measured(convert_argv))
-        pairs.append(floor_pair(shards, out))
+        pairs.append(floor_set(shards, out))
     intermediate = out / "intermediate-F16.gguf"
     drop_caches()
     intermediate_argv = [sys.executable, "-c", INTERMEDIATE, str(folder), str(intermediate)]
     intermediate_s, intermediate_peak = run_measured(intermediate_argv)
     intermediate.unlink()
-    pairs.append(floor_pair(shards, out))
+    pairs.append(floor_set(shards, out))
     if not args.no_quantize:
         quantize_report(args, cli, f16, out)
     f16.unlink()
     drop_caches()
     llama = llama_cpp_convert(folder, out / "llama-cpp-F16.gguf")
-    pairs.append(floor_pair(shards, out))
-    floors = [min(s for s in pair if s is not None) for pair in pairs]
+    pairs.append(floor_set(shards, out))
+    floors = [min(pair) for pair in pairs]
     floor = min(floors)
     convert_s = min(s for s, _ in converts)
     convert_peak = max(peak for _, peak in converts)
 
-    def floor_rows(pair: tuple[float, float | None]) -> None:
-        plain, streamed = pair
-        print(f"{'  copy floor, plain (copy_file_range+fsync)':<44}{plain:>9.1f}{plain / floor:>9.2f}")
-        if streamed is not None:
-            print(f"{'  copy floor, streamed (+write/drop-behind)':<44}{streamed:>9.1f}{streamed / floor:>9.2f}")
+    def floor_rows(pair: tuple[float, ...]) -> None:
+        names = ("plain (copy_file_range+fsync)", "streamed, copy_file_range", "streamed, mmap+pwrite")
+        for name, seconds in zip(names, pair, strict=False):
+            print(f"{'  copy floor, ' + name:<44}{seconds:>9.1f}{seconds / floor:>9.2f}")
 
     print(f"\nmachine: {machine()}; shape {args.shape}; cache {'cold' if cold else 'warm (cannot drop caches)'}")
     print(f"checkpoint: {len(shards)} {args.weights} shards, {size / 1e9:.2f} GB fp16")

@@ -23,7 +23,7 @@ from synatra_local.core.model_meta import (
 from synatra_local.core.progress import Progress, SilentProgress
 
 from .checkpoint import Checkpoint, HyperParameters
-from .file_ranges import SourceFiles, WriteBehind, copy_range, read_array, write_array
+from .file_ranges import SourceFiles, WriteBehind, write_array
 from .naming import model_display_name
 from .prompt_format import resolve_prompt_format
 from .tensors import NUMPY_STORAGE, SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
@@ -208,47 +208,29 @@ class _StreamedTensor:
 def _write_tensor(
     t: PlannedTensor, fout: BinaryIO, files: SourceFiles, behind: WriteBehind, progress: Progress
 ) -> None:
-    """One tensor at the output's position: copied by the kernel when unchanged, else read whole and converted in
-    row blocks; each step's bytes handed to the disk as it completes."""
+    """One tensor at the output's position, a row block at a time: mapped from the shard, converted where the type
+    changes, written with one call (q/k rows gathered in llama.cpp's order) and handed to the disk."""
     fout.flush()
     position = fout.tell()
+    head_rows = t.shape[0] // t.permute_heads if t.permute_heads else 0
     try:
-        if _unchanged(t):
-            source, offset = t.source.file, t.source.offset
-            assert offset is not None
-
-            def copied(n: int) -> None:
-                nonlocal position, offset
-                files.release(source, offset, n)
-                behind.written_to(position + n)
-                position += n
-                offset += n
-                progress.advance(n)
-
-            copy_range(files.fd(source), offset, fout.fileno(), position, t.nbytes, copied)
-            fout.seek(position)
-            return
-        for chunk in _converted_chunks(t, files):
-            position += write_array(fout.fileno(), chunk, position)
+        for block in _row_blocks(t, files):
+            order = _interleaved_row_order(len(block), head_rows) if head_rows else None
+            position += write_array(fout.fileno(), block, position, order)
             behind.written_to(position)
-            progress.advance(chunk.nbytes)
-        fout.seek(position)
+            progress.advance(block.nbytes)
+            del block  # the next block's mapping replaces this one's
     except EOFError as exc:
         raise CheckpointError(
             f"{t.source.file}: tensor {t.source.name} is cut short ({exc})",
             fix="re-download this file; it may be truncated",
         ) from None
+    fout.seek(position)
 
 
-def _unchanged(t: PlannedTensor) -> bool:
-    """The output bytes are the checkpoint's bytes: same type, no q/k reordering, stored contiguously."""
-    same = _GGML[t.source.dtype] == t.ggml_type  # checkpoint dtypes are F32/F16/BF16, named as ggml names them
-    return same and not t.permute_heads and t.source.offset is not None
-
-
-def _converted_chunks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarray]:
-    """Row blocks of the output tensor in the output type, their rows in output order: a view where only the order
-    changes (q/k of an F16 checkpoint written as F16), a new array where the type does."""
+def _row_blocks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarray]:
+    """Row blocks of the tensor (whole heads for q/k) in the output type: views of the mapped shard where the type
+    stays, new arrays where it changes. Each is valid until the next is asked for."""
     rows = t.shape[0]
     row_elems = math.prod(t.shape[1:])
     storage = NUMPY_STORAGE[t.source.dtype]
@@ -256,22 +238,22 @@ def _converted_chunks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarr
     if t.permute_heads:
         head_rows = rows // t.permute_heads
         step = max(head_rows, step - step % head_rows)
-    mapped = None if t.source.offset is not None else _mapped(t)
+    strided = None if t.source.offset is not None else _mapped(t)
     for start in range(0, rows, step):
         count = min(step, rows - start)
-        if mapped is None:
-            assert t.source.offset is not None
-            block_offset = t.source.offset + start * row_elems * storage.itemsize
-            try:
-                block = read_array(files.fd(t.source.file), block_offset, storage, (count, *t.shape[1:]))
-            except OSError as exc:
-                raise _unreadable(t, exc) from exc
-            files.release(t.source.file, block_offset, block.nbytes)
-        else:
-            block = mapped[start : start + count]
-        if t.permute_heads:
-            block = _interleave_heads(block, count // (rows // t.permute_heads))
-        yield _convert(block, t.source.dtype, t.ggml_type)
+        if strided is not None:
+            yield _convert(strided[start : start + count], t.source.dtype, t.ggml_type)
+            continue
+        assert t.source.offset is not None
+        offset = t.source.offset + start * row_elems * storage.itemsize
+        try:
+            with files.mapped(t.source.file, offset, count * row_elems * storage.itemsize) as raw:
+                block = _convert(raw.view(storage).reshape(count, *t.shape[1:]), t.source.dtype, t.ggml_type)
+                del raw  # no view may outlive the mapping: it is unmapped, then dropped from the cache
+                yield block
+                del block
+        except (OSError, ValueError) as exc:
+            raise _unreadable(t, exc) from exc
 
 
 def _mapped(t: PlannedTensor) -> np.ndarray:
@@ -292,10 +274,10 @@ def _unreadable(t: PlannedTensor, exc: Exception) -> CheckpointError:
     return CheckpointError(f"{t.source.file}: cannot read {t.source.name} ({exc})", fix="re-download it")
 
 
-def _interleave_heads(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF stores q/k rows as [first halves | second halves] per head; llama.cpp's rope wants them interleaved.
-    A view (head, pair, half, ...) whose C order is the output's row order; nothing is copied."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2)
+def _interleaved_row_order(rows: int, head_rows: int) -> np.ndarray:
+    """HF stores each head's q/k rows as [first halves | second halves]; llama.cpp's rope wants the halves
+    interleaved. The source row of each output row, for a block of whole heads."""
+    return np.arange(rows).reshape(rows // head_rows, 2, head_rows // 2).swapaxes(1, 2).reshape(-1)
 
 
 def _convert(block: np.ndarray, src: str, dst: gguf.GGMLQuantizationType) -> np.ndarray:

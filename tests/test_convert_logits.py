@@ -163,11 +163,11 @@ def test_negative_control_without_qk_permutation_disagrees(
     """Skipping the q/k row permutation must be caught by the comparison above, or it proves nothing."""
     calls = []
 
-    def no_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-        calls.append(n_head)
-        return w
+    def no_permute(rows: int, head_rows: int) -> np.ndarray:
+        calls.append(head_rows)
+        return np.arange(rows)
 
-    monkeypatch.setattr(gguf_export, "_interleave_heads", no_permute)
+    monkeypatch.setattr(gguf_export, "_interleaved_row_order", no_permute)
     folder, expected = built[LAYOUTS[2].id]
     path = convert(folder, logits_root / "out" / "unpermuted-f32.gguf", outtype="f32")
     assert calls, "the patched permute was never called"

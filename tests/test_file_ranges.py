@@ -26,90 +26,55 @@ def source(tmp_path: Path) -> tuple[Path, bytes]:
     return path, data
 
 
-def _copy(source: Path, target: Path, offset: int, count: int, at: int) -> list[int]:
-    steps: list[int] = []
-    with file_ranges.SourceFiles() as files, target.open("r+b" if target.exists() else "w+b") as out:
-        file_ranges.copy_range(files.fd(source), offset, out.fileno(), at, count, steps.append)
-    return steps
-
-
-def test_copy_range_copies_the_exact_bytes_in_steps(source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mapped_gives_the_exact_bytes_at_any_offset(source) -> None:
     path, data = source
-    monkeypatch.setattr(file_ranges, "STEP_BYTES", 1 << 20)
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"H" * 100)
-    steps = _copy(path, target, 12345, 2_500_000, 100)
-    assert target.read_bytes() == b"H" * 100 + data[12345 : 12345 + 2_500_000]
-    assert sum(steps) == 2_500_000 and len(steps) == 3, "progress once per step"
+    with file_ranges.SourceFiles() as files:
+        for offset, count in [(0, 10), (12345, 2_500_000), (4096, 4096), (len(data) - 17, 17), (5, 0)]:
+            with files.mapped(path, offset, count) as raw:
+                assert raw.dtype == np.uint8 and raw.tobytes() == data[offset : offset + count]
+                del raw
 
 
-@pytest.mark.parametrize("code", [errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP])
-def test_copy_range_falls_back_where_the_kernel_cannot(
-    source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
-) -> None:
-    """Older kernels refuse copies across filesystems (EXDEV) or lack the call: large reads and writes instead."""
-    path, data = source
-    calls: list[int] = []
-
-    def refuse(*args: object) -> int:
-        calls.append(1)
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(os, "copy_file_range", refuse)
-    target = tmp_path / "out.bin"
-    _copy(path, target, 7, len(data) - 7, 0)
-    assert target.read_bytes() == data[7:]
-    assert calls == [1], "the kernel is asked once, then not again"
-
-
-def test_copy_range_passes_real_disk_errors_on(source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, _ = source
-
-    def disk_full(*args: object) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "copy_file_range", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        _copy(path, tmp_path / "out.bin", 0, 100, 0)
-
-
-def test_a_short_source_is_an_error_not_a_short_copy(source, tmp_path: Path) -> None:
-    path, data = source
-    with pytest.raises(EOFError, match="100 bytes early"):
-        _copy(path, tmp_path / "out.bin", len(data) - 50, 150, 0)
-    with file_ranges.SourceFiles() as files, pytest.raises(EOFError):
-        file_ranges.read_array(files.fd(path), len(data) - 8, np.dtype("<f4"), (4,))
-
-
-def test_read_array_reads_the_values_at_an_offset(tmp_path: Path) -> None:
+def test_mapped_values_at_an_offset(tmp_path: Path) -> None:
     values = np.arange(1000, dtype="<f2").reshape(10, 100)
     path = tmp_path / "values.bin"
     path.write_bytes(b"xyz" + values.tobytes())
-    with file_ranges.SourceFiles() as files:
-        got = file_ranges.read_array(files.fd(path), 3 + 200 * 2, np.dtype("<f2"), (3, 100))
+    with file_ranges.SourceFiles() as files, files.mapped(path, 3 + 200 * 2, 3 * 200) as raw:
+        got = raw.view("<f2").reshape(3, 100).copy()
+        del raw
     np.testing.assert_array_equal(got, values[2:5])
 
 
+def test_a_short_source_is_an_error_not_a_short_read(source) -> None:
+    path, data = source
+    with file_ranges.SourceFiles() as files, pytest.raises(EOFError, match="100 bytes early"):
+        files.mapped(path, len(data) - 50, 150).__enter__()
+
+
+def test_mapped_unmaps_and_drops_the_range_when_done(source, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, data = source
+    released: list[tuple[int, int]] = []
+    mappings = []
+    real_map = file_ranges._map_populated
+    monkeypatch.setattr(file_ranges, "_map_populated", lambda *a: mappings.append(real_map(*a)) or mappings[-1])
+    with file_ranges.SourceFiles() as files:
+        monkeypatch.setattr(files, "release", lambda p, offset, count: released.append((offset, count)))
+        with files.mapped(path, 100, 5000) as raw:
+            assert raw.tobytes() == data[100:5100]
+            del raw
+    assert released == [(100, 5000)]
+    assert len(mappings) == 1 and mappings[0].closed, "unmapped before the range is dropped"
+
+
 @pytest.mark.parametrize("weights", ["bin", "safetensors"])
-def test_conversion_bytes_do_not_depend_on_the_copy_path(
+def test_conversion_bytes_do_not_depend_on_the_read_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights: str
 ) -> None:
-    """Kernel copy, buffered fallback and the memory-mapped path (strided tensors) write the same GGUF."""
+    """Ranges mapped block by block and the whole-tensor memory map (strided torch views) write the same GGUF."""
     folder = build_checkpoint(tmp_path / "ckpt", weights=weights, dtype="F16", shards=2)
-    kernel = convert(folder, tmp_path / "kernel.gguf", outtype="f16")
-    plan = plan_tensors(open_checkpoint(folder), "f16")
-    copied = [gguf_export._unchanged(t) for t in plan]
-    expected = [not t.permute_heads and (len(t.shape) >= 2 or t.source.dtype == "F32") for t in plan]
-    assert copied == expected and any(copied), "all but q/k (reordered) and F16 norms (widened to F32)"
-
-    def unavailable(*args: object) -> int:
-        raise OSError(errno.ENOSYS, "no copy_file_range")
-
+    monkeypatch.setattr(gguf_export, "CHUNK_BYTES", 4096)  # many blocks per tensor, q/k blocks of whole heads
+    blocks = convert(folder, tmp_path / "blocks.gguf", outtype="f16")
     with monkeypatch.context() as patch:
-        patch.setattr(os, "copy_file_range", unavailable)
-        buffered = convert(folder, tmp_path / "buffered.gguf", outtype="f16")
-    with monkeypatch.context() as patch:
-        patch.setattr(gguf_export, "_unchanged", lambda t: False)
         real_plan = gguf_export.plan_tensors
 
         def strided(checkpoint, outtype):  # as if every tensor were a strided view: the memory map serves it
@@ -119,7 +84,9 @@ def test_conversion_bytes_do_not_depend_on_the_copy_path(
 
         patch.setattr(gguf_export, "plan_tensors", strided)
         mapped = convert(folder, tmp_path / "mapped.gguf", outtype="f16")
-    assert kernel.read_bytes() == buffered.read_bytes() == mapped.read_bytes()
+    assert blocks.read_bytes() == mapped.read_bytes()
+    plan = plan_tensors(open_checkpoint(folder), "f16")
+    assert any(t.permute_heads for t in plan) and all(t.source.offset is not None for t in plan)
 
 
 def test_an_intermediate_is_not_fsynced_but_an_output_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,8 +248,8 @@ def test_convert_streams_through_the_page_cache(tmp_path: Path, monkeypatch: pyt
     "make",
     [
         lambda a: a,  # contiguous
-        lambda a: a.reshape(4, 2, 8, 48).swapaxes(1, 2),  # rows reordered (q/k per head): gathered
-        lambda a: a[:, ::2],  # strided within rows: copied first
+        lambda a: a.reshape(4, 2, 8, 48).swapaxes(1, 2),  # rows reordered: copied first
+        lambda a: a[:, ::2],  # strided within rows
         lambda a: a.T,  # transposed
     ],
 )
@@ -299,6 +266,22 @@ def test_write_array_writes_any_view_in_c_order(tmp_path: Path, monkeypatch: pyt
     assert target.read_bytes() == b"H" * 10 + np.ascontiguousarray(view).tobytes()
 
 
+def test_write_array_gathers_rows_in_the_given_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """q/k rows interleaved per head: the rows of the mapped block written in llama.cpp's order, no copy."""
+    monkeypatch.setattr(file_ranges, "_IOV_MAX", 7)  # several gathering calls
+    block = np.arange(64 * 48, dtype=np.float16).reshape(64, 48)
+    order = gguf_export._interleaved_row_order(64, 16)
+    expected = block.reshape(4, 2, 8, 48).swapaxes(1, 2).reshape(64, 48)  # per head: row i of each half in turn
+    np.testing.assert_array_equal(block[order], expected)
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        assert file_ranges.write_array(fd, block, 0, order) == block.nbytes
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == expected.tobytes()
+
+
 def test_write_array_finishes_after_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """pwritev may write less than asked (signals, quotas): the rest follows, mid-row included."""
     real = os.pwritev
@@ -307,11 +290,12 @@ def test_write_array_finishes_after_short_writes(tmp_path: Path, monkeypatch: py
         return real(fd, [buffers[0][: max(1, len(buffers[0]) // 3)]], offset)
 
     monkeypatch.setattr(os, "pwritev", short)
-    view = np.arange(32 * 10, dtype=np.float32).reshape(4, 2, 4, 10).swapaxes(1, 2)
+    block = np.arange(32 * 10, dtype=np.float32).reshape(32, 10)
+    order = np.random.default_rng(2).permutation(32)
     target = tmp_path / "out.bin"
     fd = os.open(target, os.O_RDWR | os.O_CREAT)
     try:
-        assert file_ranges.write_array(fd, view, 0) == view.nbytes
+        assert file_ranges.write_array(fd, block, 0, order) == block.nbytes
     finally:
         os.close(fd)
-    assert target.read_bytes() == np.ascontiguousarray(view).tobytes()
+    assert target.read_bytes() == block[order].tobytes()
