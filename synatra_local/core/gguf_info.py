@@ -9,7 +9,6 @@ from pathlib import Path
 from synatra_local.core.gguf_lib import gguf
 
 from .errors import ModelFileError
-from .llama_backend import read_gguf_header
 from .model_meta import PROMPT_FORMAT_KEY, SOURCE_REPO_KEY, SOURCE_REVISION_KEY, name_sources
 
 GGUF_MAGIC = b"GGUF"
@@ -71,6 +70,8 @@ def check_gguf_file(path: Path) -> Path:
 
 
 def read_model_info(path: Path) -> ModelInfo:
+    from .llama_backend import read_gguf_header  # here: `convert` imports this module and never needs llama_cpp
+
     path = check_gguf_file(path)
     header = read_gguf_header(path)
     if header is None:
