@@ -50,14 +50,15 @@ class SourceFiles:
     def mapped(self, path: Path, offset: int, count: int) -> Iterator[np.ndarray]:
         """`count` bytes of `path` from `offset`, read in with one request and mapped read-only; dropped from the
         page cache afterwards (each byte is read once). Views of it must not outlive the block."""
-        size = os.fstat(self.fd(path)).st_size
+        fd = self.fd(path)
+        size = os.fstat(fd).st_size
         if offset + count > size:
             raise EOFError(f"source ended {offset + count - size} bytes early")
         if count == 0:
             yield np.empty(0, dtype=np.uint8)
             return
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapping = _map_populated(self.fd(path), start, offset - start + count)
+        mapping = _map_populated(fd, start, offset - start + count)
         try:
             yield np.frombuffer(mapping, dtype=np.uint8, count=count, offset=offset - start)
         finally:

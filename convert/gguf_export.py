@@ -59,6 +59,11 @@ class PlannedTensor:
     def nbytes(self) -> int:
         return _nbytes(self.shape, self.ggml_type)
 
+    @property
+    def head_rows(self) -> int:
+        """Rows per attention head of a q/k tensor whose rows are reordered; 0 for every other tensor."""
+        return self.shape[0] // self.permute_heads if self.permute_heads else 0
+
 
 def resolve_outtype(outtype: str, checkpoint: Checkpoint) -> str:
     """`auto` keeps 16-bit precision as the checkpoint has it: BF16 stays BF16, anything else becomes F16."""
@@ -212,10 +217,9 @@ def _write_tensor(
     changes, written with one call (q/k rows gathered in llama.cpp's order) and handed to the disk."""
     fout.flush()
     position = fout.tell()
-    head_rows = t.shape[0] // t.permute_heads if t.permute_heads else 0
     try:
         for block in _row_blocks(t, files):
-            order = _interleaved_row_order(len(block), head_rows) if head_rows else None
+            order = _interleaved_row_order(len(block), t.head_rows) if t.head_rows else None
             position += write_array(fout.fileno(), block, position, order)
             behind.written_to(position)
             progress.advance(block.nbytes)
@@ -235,9 +239,8 @@ def _row_blocks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarray]:
     row_elems = math.prod(t.shape[1:])
     storage = NUMPY_STORAGE[t.source.dtype]
     step = max(1, CHUNK_BYTES // max(row_elems * storage.itemsize, 1))
-    if t.permute_heads:
-        head_rows = rows // t.permute_heads
-        step = max(head_rows, step - step % head_rows)
+    if t.head_rows:
+        step = max(t.head_rows, step - step % t.head_rows)
     strided = None if t.source.offset is not None else _mapped(t)
     for start in range(0, rows, step):
         count = min(step, rows - start)

@@ -244,6 +244,15 @@ def test_convert_streams_through_the_page_cache(tmp_path: Path, monkeypatch: pyt
     assert _resident_fraction(output, 0, size - 2 * window) < 0.2, "the output's written bytes left cached"
 
 
+def _write_array_to(path: Path, array: np.ndarray, offset: int, order: np.ndarray | None = None) -> int:
+    """`write_array` into `path` (created if absent); returns the bytes it says it wrote."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        return file_ranges.write_array(fd, array, offset, order)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -253,16 +262,11 @@ def test_convert_streams_through_the_page_cache(tmp_path: Path, monkeypatch: pyt
         lambda a: a.T,  # transposed
     ],
 )
-def test_write_array_writes_any_view_in_c_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make) -> None:
-    monkeypatch.setattr(file_ranges, "_IOV_MAX", 5)  # several gathering calls
+def test_write_array_writes_any_view_in_c_order(tmp_path: Path, make) -> None:
     view = make(np.arange(64 * 48, dtype=np.float16).reshape(64, 48))
     target = tmp_path / "out.bin"
     target.write_bytes(b"H" * 10)
-    fd = os.open(target, os.O_RDWR)
-    try:
-        assert file_ranges.write_array(fd, view, 10) == view.nbytes
-    finally:
-        os.close(fd)
+    assert _write_array_to(target, view, 10) == view.nbytes
     assert target.read_bytes() == b"H" * 10 + np.ascontiguousarray(view).tobytes()
 
 
@@ -274,11 +278,7 @@ def test_write_array_gathers_rows_in_the_given_order(tmp_path: Path, monkeypatch
     expected = block.reshape(4, 2, 8, 48).swapaxes(1, 2).reshape(64, 48)  # per head: row i of each half in turn
     np.testing.assert_array_equal(block[order], expected)
     target = tmp_path / "out.bin"
-    fd = os.open(target, os.O_RDWR | os.O_CREAT)
-    try:
-        assert file_ranges.write_array(fd, block, 0, order) == block.nbytes
-    finally:
-        os.close(fd)
+    assert _write_array_to(target, block, 0, order) == block.nbytes
     assert target.read_bytes() == expected.tobytes()
 
 
@@ -293,9 +293,5 @@ def test_write_array_finishes_after_short_writes(tmp_path: Path, monkeypatch: py
     block = np.arange(32 * 10, dtype=np.float32).reshape(32, 10)
     order = np.random.default_rng(2).permutation(32)
     target = tmp_path / "out.bin"
-    fd = os.open(target, os.O_RDWR | os.O_CREAT)
-    try:
-        assert file_ranges.write_array(fd, block, 0, order) == block.nbytes
-    finally:
-        os.close(fd)
+    assert _write_array_to(target, block, 0, order) == block.nbytes
     assert target.read_bytes() == block[order].tobytes()
