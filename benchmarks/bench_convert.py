@@ -1,11 +1,12 @@
 """Converter benchmark: copy floor vs `convert` (F16), peak memory, and quantize vs llama.cpp's quantizer.
 
 Builds (or reuses) a Synatra-7B-shaped fp16 PyTorch checkpoint with random weights in 2 shards, then in one run:
-  1. the floor: the same bytes copied by the kernel three ways, cold cache where the kernel allows, before the first
+  1. the floor: the same bytes copied by the kernel four ways, cold cache where the kernel allows, before the first
      convert and after each: plain (copy_file_range in 1 GiB calls, one fsync at the end, as `cp` does), and
      streamed in 64 MiB steps, each step handed to the disk at once with sync_file_range and both sides dropped
-     from the page cache a window later, one fsync at the end, each step moved either by copy_file_range or by
-     mapping the source range with MAP_POPULATE and one pwrite; the fastest is the floor;
+     from the page cache a window later, one fsync at the end, each step moved by copy_file_range, or by mapping
+     the source range with MAP_POPULATE and one pwrite, the next step mapped meanwhile on a second thread or not;
+     the fastest is the floor;
   2. `synatra-local convert --outtype f16` in a child process, `--rounds` times alternated with the floors (this
      disk's speed drifts by 2× within minutes): wall time and peak anonymous memory; each round's ratio is convert
      over the fastest of the floors just before and just after it, and the median of those ratios is the figure;
@@ -32,6 +33,7 @@ import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,25 +49,36 @@ INTERMEDIATE = (
 )
 
 
-def streamed_floor(files: list[Path], target: Path, mapped: bool, step: int = 64 * MIB, lag: int = 4) -> float:
+STREAMED = ("copy_file_range", "mmap+pwrite", "mmap+pwrite, read ahead")  # how a streamed floor moves a step
+
+
+def streamed_floor(files: list[Path], target: Path, how: str, step: int = 64 * MIB, lag: int = 4) -> float:
     """Seconds to copy `files` into one file, each step written back at once and both sides dropped from the page
     cache `lag` steps later (sync_file_range + POSIX_FADV_DONTNEED), plus one fsync; then removed. A step is moved
-    by copy_file_range, or (`mapped`) by mapping it with MAP_POPULATE and one pwrite. Linux only."""
+    by copy_file_range, or by mapping it with MAP_POPULATE and one pwrite, the next step mapped meanwhile on a
+    second thread (`read ahead`) or not. Linux only."""
     sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
     sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     write, wait_write_wait = 2, 7  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
     start = time.perf_counter()
-    with target.open("wb") as out:
+    with target.open("wb") as out, ThreadPoolExecutor(1) as reader:
         fd, position, pending = out.fileno(), 0, []
         for path in files:
             with path.open("rb") as src:
                 os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                offset, left = 0, path.stat().st_size
-                while left:
-                    n = (_mapped_step if mapped else os.copy_file_range)(
-                        src.fileno(), fd, min(left, step), offset, position
-                    )
-                    if n == 0:
+                size = path.stat().st_size
+                steps = [(offset, min(step, size - offset)) for offset in range(0, size, step)]
+                ahead = reader.submit(_map_step, src.fileno(), *steps[0]) if how.endswith("read ahead") else None
+                for i, (offset, n) in enumerate(steps):
+                    if how == "copy_file_range":
+                        moved = os.copy_file_range(src.fileno(), fd, n, offset, position)
+                    else:
+                        mapping, skip = ahead.result() if ahead else _map_step(src.fileno(), offset, n)
+                        if ahead and i + 1 < len(steps):
+                            ahead = reader.submit(_map_step, src.fileno(), *steps[i + 1])
+                        with mapping, memoryview(mapping) as view:
+                            moved = os.pwrite(fd, view[skip : skip + n], position)
+                    if moved != n:
                         raise EOFError(path)
                     if sync_file_range(fd, position, n, write):
                         raise OSError(ctypes.get_errno(), "sync_file_range")
@@ -76,31 +89,31 @@ def streamed_floor(files: list[Path], target: Path, mapped: bool, step: int = 64
                         if sync_file_range(fd, old, count, wait_write_wait):
                             raise OSError(ctypes.get_errno(), "sync_file_range")
                         os.posix_fadvise(fd, old, count, os.POSIX_FADV_DONTNEED)
-                    position, offset, left = position + n, offset + n, left - n
+                    position += n
         os.fsync(fd)
     seconds = time.perf_counter() - start
     target.unlink()
     return seconds
 
 
-def _mapped_step(src: int, dst: int, count: int, offset: int, position: int) -> int:
+def _map_step(src: int, offset: int, count: int) -> tuple[mmap.mmap, int]:
+    """A source step mapped and read in (MAP_POPULATE), and where in the map it starts."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
-    mapping = mmap.mmap(src, count + offset - start, flags=flags, prot=mmap.PROT_READ, offset=start)
-    with mapping, memoryview(mapping) as view:
-        return os.pwrite(dst, view[offset - start :], position)
+    return mmap.mmap(src, count + offset - start, flags=flags, prot=mmap.PROT_READ, offset=start), offset - start
 
 
 def floor_set(files: list[Path], out: Path) -> tuple[float, ...]:
-    """The plain floor and the two streamed ones (Linux only), each from a cold cache."""
+    """The plain floor and the streamed ones (Linux only), each from a cold cache."""
     drop_caches()
     plain = copy_floor(files, out / "copy.bin")
     if not sys.platform.startswith("linux"):
         return (plain,)
-    drop_caches()
-    copied = streamed_floor(files, out / "copy.bin", mapped=False)
-    drop_caches()
-    return plain, copied, streamed_floor(files, out / "copy.bin", mapped=True)
+    streamed = []
+    for how in STREAMED:
+        drop_caches()
+        streamed.append(streamed_floor(files, out / "copy.bin", how))
+    return (plain, *streamed)
 
 
 def copy_floor(files: list[Path], target: Path) -> float:
@@ -210,9 +223,9 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
     convert_peak = max(peak for _, peak in converts)
 
     def floor_rows(pair: tuple[float, ...]) -> None:
-        names = ("plain (copy_file_range+fsync)", "streamed, copy_file_range", "streamed, mmap+pwrite")
+        names = ("plain (copy_file_range+fsync)", *(f"streamed, {how}" for how in STREAMED))
         for name, seconds in zip(names, pair, strict=False):
-            print(f"{'  copy floor, ' + name:<44}{seconds:>9.1f}{seconds / floor:>9.2f}")
+            print(f"{'  floor, ' + name:<44}{seconds:>9.1f}{seconds / floor:>9.2f}")
 
     print(f"\nmachine: {machine()}; shape {args.shape}; cache {'cold' if cold else 'warm (cannot drop caches)'}")
     print(f"checkpoint: {len(shards)} {args.weights} shards, {size / 1e9:.2f} GB fp16")

@@ -5,7 +5,8 @@ with MAP_POPULATE reads it in one large request instead, and one `pwrite` (or `p
 copies it into the output: one copy per byte, the same for tensors that change and those that do not. Measured on
 this project's VM against `copy_file_range` (which splices 64 KiB at a time), the mapped copy took the same time
 where source and output offsets share their place in a page and 20–25% less where they do not (a GGUF's tensors
-never line up with a zip's), with 30–40% less CPU either way.
+never line up with a zip's), with 30–40% less CPU either way. The next range is mapped on a second thread while
+this one is written, so the main thread never waits for the disk to read (measured: 0.1 s of waiting in a 7B run).
 
 Both sides stream through the page cache instead of filling it: source ranges are dropped once written, and
 output ranges are handed to the disk as soon as they are written and dropped a window later (`WriteBehind`).
@@ -21,8 +22,10 @@ import errno
 import mmap
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -32,39 +35,74 @@ WRITE_BEHIND_BYTES = 256 << 20  # output written but not yet known to be on disk
 _UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 
 
+Range = tuple[Path, int, int]  # a file, an offset in it and a byte count
+
+
 class SourceFiles:
     """Read-only descriptors of a checkpoint's shards, opened on first use with a sequential-read hint."""
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()  # the reading thread opens shards as it reaches them
 
     def fd(self, path: Path) -> int:
-        if path not in self._fds:
-            fd = os.open(path, os.O_RDONLY)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            self._fds[path] = fd
-        return self._fds[path]
+        with self._lock:
+            if path not in self._fds:
+                fd = os.open(path, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self._fds[path] = fd
+            return self._fds[path]
 
-    @contextmanager
-    def mapped(self, path: Path, offset: int, count: int) -> Iterator[np.ndarray]:
-        """`count` bytes of `path` from `offset`, read in with one request and mapped read-only; dropped from the
-        page cache afterwards (each byte is read once). Views of it must not outlive the block."""
+    def blocks(self, ranges: Iterable[Range]) -> Iterator[np.ndarray]:
+        """Each range's bytes in order, as a read-only view of a map read in with one request.
+
+        The next range is read in on a second thread while the caller writes this one, so the disk reads and the
+        copy into the output overlap. A view must not outlive the next step: its map is closed and its pages are
+        dropped from the cache then (each byte is read once). A short source raises EOFError at its range.
+        """
+        pending = iter(ranges)
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+
+            def read_next() -> tuple[Range, Future[tuple[mmap.mmap | None, int]]] | None:
+                where = next(pending, None)
+                return None if where is None else (where, reader.submit(self._map, *where))
+
+            ahead = read_next()
+            try:
+                while ahead is not None:
+                    where, future = ahead
+                    ahead = None  # until the next read is under way, nothing is left to clean up but this one
+                    mapping, skip = future.result()
+                    view = None
+                    try:
+                        ahead = read_next()
+                        view = _view(mapping, skip, where[2])  # made here, so no other thread holds a view
+                        yield view
+                    finally:
+                        view = None
+                        self._unmap(mapping, *where)
+            finally:
+                if ahead is not None:  # stopped early: the range read ahead is closed as well
+                    with suppress(Exception):
+                        self._unmap(ahead[1].result()[0], *ahead[0])
+
+    def _map(self, path: Path, offset: int, count: int) -> tuple[mmap.mmap | None, int]:
+        """The range mapped and read in, and where in the map it starts."""
         fd = self.fd(path)
         size = os.fstat(fd).st_size
         if offset + count > size:
             raise EOFError(f"source ended {offset + count - size} bytes early")
         if count == 0:
-            yield np.empty(0, dtype=np.uint8)
-            return
+            return None, 0
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapping = _map_populated(fd, start, offset - start + count)
-        try:
-            yield np.frombuffer(mapping, dtype=np.uint8, count=count, offset=offset - start)
-        finally:
+        return _map_populated(fd, start, offset - start + count), offset - start
+
+    def _unmap(self, mapping: mmap.mmap | None, path: Path, offset: int, count: int) -> None:
+        if mapping is not None:
             with suppress(BufferError):  # an exception's traceback still holds a view: unmapped once it is freed
                 mapping.close()
-            self.release(path, offset, count)
+        self.release(path, offset, count)
 
     def release(self, path: Path, offset: int, count: int) -> None:
         """Drop a range that has been written from the page cache."""
@@ -141,6 +179,10 @@ def _sync_range(fd: int, offset: int, count: int, flags: int) -> None:
     if _sync_file_range(fd, offset, count, flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+
+
+def _view(mapping: mmap.mmap | None, skip: int, count: int) -> np.ndarray:
+    return np.empty(0, dtype=np.uint8) if mapping is None else np.frombuffer(mapping, np.uint8, count, skip)
 
 
 def _map_populated(fd: int, start: int, length: int) -> mmap.mmap:

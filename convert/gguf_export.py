@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +24,8 @@ from synatra_local.core.model_meta import (
 from synatra_local.core.progress import Progress, SilentProgress
 
 from .checkpoint import Checkpoint, HyperParameters
-from .file_ranges import SourceFiles, WriteBehind, write_array
+from .file_ranges import Range, SourceFiles, WriteBehind, write_array
+from .gguf_writer import GGUFWriter
 from .naming import model_display_name
 from .prompt_format import resolve_prompt_format
 from .tensors import NUMPY_STORAGE, SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
@@ -133,7 +135,7 @@ def write_gguf(
     output = Path(output)
     ensure_free_space(output.parent, data_bytes + (64 << 20), what=output.name)
     with atomic_output(output, force=force) as partial:
-        writer = gguf.GGUFWriter(partial, "llama")
+        writer = GGUFWriter(partial, "llama")
         _add_metadata(writer, checkpoint, vocab, outtype, fmt)
         for t in plan:
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
@@ -143,9 +145,10 @@ def write_gguf(
         progress.start(f"convert → {output.name}", data_bytes)
         assert writer.fout is not None
         behind = WriteBehind(writer.fout[0].fileno())
-        with SourceFiles() as files:
+        ranges = (where for t in plan for where in _source_ranges(t))
+        with SourceFiles() as files, closing(files.blocks(ranges)) as blocks:
             for t in plan:
-                writer.write_tensor_data(_StreamedTensor(t, files, behind, progress))
+                writer.write_tensor_data(_StreamedTensor(t, blocks, behind, progress))
         for f in writer.fout:
             f.flush()
             if durable:
@@ -198,27 +201,30 @@ def _add_metadata(
 class _StreamedTensor:
     """Looks enough like an ndarray for GGUFWriter.write_tensor_data, but writes itself in chunks."""
 
-    def __init__(self, planned: PlannedTensor, files: SourceFiles, behind: WriteBehind, progress: Progress) -> None:
+    def __init__(
+        self, planned: PlannedTensor, blocks: Iterator[np.ndarray], behind: WriteBehind, progress: Progress
+    ) -> None:
         self.planned = planned
-        self.files = files
+        self.blocks = blocks
         self.behind = behind
         self.progress = progress
         self.nbytes = planned.nbytes
         self.shape = planned.shape
 
     def tofile(self, fout: BinaryIO) -> None:
-        _write_tensor(self.planned, fout, self.files, self.behind, self.progress)
+        _write_tensor(self.planned, fout, self.blocks, self.behind, self.progress)
 
 
 def _write_tensor(
-    t: PlannedTensor, fout: BinaryIO, files: SourceFiles, behind: WriteBehind, progress: Progress
+    t: PlannedTensor, fout: BinaryIO, blocks: Iterator[np.ndarray], behind: WriteBehind, progress: Progress
 ) -> None:
-    """One tensor at the output's position, a row block at a time: mapped from the shard, converted where the type
-    changes, written with one call (q/k rows gathered in llama.cpp's order) and handed to the disk."""
+    """One tensor at the output's position, a row block at a time: read from the shard (the next block is read
+    meanwhile), converted where the type changes, written with one call (q/k rows gathered in llama.cpp's order)
+    and handed to the disk."""
     fout.flush()
     position = fout.tell()
     try:
-        for block in _row_blocks(t, files):
+        for block in _row_blocks(t, blocks):
             order = _interleaved_row_order(len(block), t.head_rows) if t.head_rows else None
             position += write_array(fout.fileno(), block, position, order)
             behind.written_to(position)
@@ -232,31 +238,40 @@ def _write_tensor(
     fout.seek(position)
 
 
-def _row_blocks(t: PlannedTensor, files: SourceFiles) -> Iterator[np.ndarray]:
-    """Row blocks of the tensor (whole heads for q/k) in the output type: views of the mapped shard where the type
-    stays, new arrays where it changes. Each is valid until the next is asked for."""
-    rows = t.shape[0]
-    row_elems = math.prod(t.shape[1:])
-    storage = NUMPY_STORAGE[t.source.dtype]
-    step = max(1, CHUNK_BYTES // max(row_elems * storage.itemsize, 1))
+def _row_steps(t: PlannedTensor) -> list[tuple[int, int]]:
+    """(first row, row count) of each block of at most CHUNK_BYTES of source, whole heads for q/k."""
+    row_bytes = math.prod(t.shape[1:]) * NUMPY_STORAGE[t.source.dtype].itemsize
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
     if t.head_rows:
         step = max(t.head_rows, step - step % t.head_rows)
+    return [(start, min(step, t.shape[0] - start)) for start in range(0, t.shape[0], step)]
+
+
+def _source_ranges(t: PlannedTensor) -> list[Range]:
+    """The shard bytes of each of the tensor's blocks; none for a strided tensor, which the memory map serves."""
+    if t.source.offset is None:
+        return []
+    row_bytes = math.prod(t.shape[1:]) * NUMPY_STORAGE[t.source.dtype].itemsize
+    return [(t.source.file, t.source.offset + start * row_bytes, count * row_bytes) for start, count in _row_steps(t)]
+
+
+def _row_blocks(t: PlannedTensor, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Row blocks of the tensor in the output type: views of the mapped shard where the type stays, new arrays
+    where it changes. Each is valid until the next is asked for."""
+    storage = NUMPY_STORAGE[t.source.dtype]
     strided = None if t.source.offset is not None else _mapped(t)
-    for start in range(0, rows, step):
-        count = min(step, rows - start)
+    for start, count in _row_steps(t):
         if strided is not None:
             yield _convert(strided[start : start + count], t.source.dtype, t.ggml_type)
             continue
-        assert t.source.offset is not None
-        offset = t.source.offset + start * row_elems * storage.itemsize
         try:
-            with files.mapped(t.source.file, offset, count * row_elems * storage.itemsize) as raw:
-                block = _convert(raw.view(storage).reshape(count, *t.shape[1:]), t.source.dtype, t.ggml_type)
-                del raw  # no view may outlive the mapping: it is unmapped, then dropped from the cache
-                yield block
-                del block
+            raw = next(blocks)
         except (OSError, ValueError) as exc:
             raise _unreadable(t, exc) from exc
+        block = _convert(raw.view(storage).reshape(count, *t.shape[1:]), t.source.dtype, t.ggml_type)
+        del raw  # no view may outlive the mapping: it is unmapped, then dropped from the cache
+        yield block
+        del block
 
 
 def _mapped(t: PlannedTensor) -> np.ndarray:
@@ -354,7 +369,6 @@ def _check_shape(source: SourceTensor, name: str, hp: HyperParameters) -> None:
     expected = _expected_shape(name, hp)
     if expected is not None and source.shape != expected:
         raise CheckpointError(
-            f"{source.file}: tensor {source.name} has shape {list(source.shape)}, "
-            f"config.json implies {list(expected)}",
+            f"{source.file}: tensor {source.name} has shape {list(source.shape)}, config.json implies {list(expected)}",
             fix="use the config.json that belongs to these weights",
         )

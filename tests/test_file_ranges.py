@@ -1,11 +1,12 @@
-"""convert/file_ranges.py: kernel copies and whole reads give the checkpoint's exact bytes, with or without the kernel's
-help, and the converter's output does not depend on which path moved a tensor."""
+"""convert/file_ranges.py: mapped blocks are the checkpoint's exact bytes, read one ahead and dropped behind; output is
+written back as it goes, with or without the kernel's help; the GGUF does not depend on which path moved a tensor."""
 
 from __future__ import annotations
 
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,44 +27,107 @@ def source(tmp_path: Path) -> tuple[Path, bytes]:
     return path, data
 
 
-def test_mapped_gives_the_exact_bytes_at_any_offset(source) -> None:
+def _read_all(files: file_ranges.SourceFiles, ranges: list) -> list[bytes]:
+    got = []
+    for raw in files.blocks(ranges):
+        assert raw.dtype == np.uint8
+        got.append(raw.tobytes())
+        del raw
+    return got
+
+
+def test_blocks_are_the_exact_bytes_at_any_offset(source, tmp_path: Path) -> None:
     path, data = source
+    other = tmp_path / "other.bin"
+    other.write_bytes(data[::-1])
+    ranges = [(path, 0, 10), (path, 12345, 2_500_000), (other, 4096, 4096), (path, len(data) - 17, 17), (path, 5, 0)]
     with file_ranges.SourceFiles() as files:
-        for offset, count in [(0, 10), (12345, 2_500_000), (4096, 4096), (len(data) - 17, 17), (5, 0)]:
-            with files.mapped(path, offset, count) as raw:
-                assert raw.dtype == np.uint8 and raw.tobytes() == data[offset : offset + count]
-                del raw
+        got = _read_all(files, ranges)
+    assert got == [(data if p == path else data[::-1])[o : o + n] for p, o, n in ranges]
 
 
-def test_mapped_values_at_an_offset(tmp_path: Path) -> None:
+def test_block_values_at_an_offset(tmp_path: Path) -> None:
     values = np.arange(1000, dtype="<f2").reshape(10, 100)
     path = tmp_path / "values.bin"
     path.write_bytes(b"xyz" + values.tobytes())
-    with file_ranges.SourceFiles() as files, files.mapped(path, 3 + 200 * 2, 3 * 200) as raw:
+    with file_ranges.SourceFiles() as files:
+        (raw,) = files.blocks([(path, 3 + 200 * 2, 3 * 200)])
         got = raw.view("<f2").reshape(3, 100).copy()
         del raw
     np.testing.assert_array_equal(got, values[2:5])
 
 
-def test_a_short_source_is_an_error_not_a_short_read(source) -> None:
+def test_a_short_source_is_an_error_at_its_range_not_a_short_read(source) -> None:
     path, data = source
-    with file_ranges.SourceFiles() as files, pytest.raises(EOFError, match="100 bytes early"):
-        files.mapped(path, len(data) - 50, 150).__enter__()
+    with file_ranges.SourceFiles() as files:
+        blocks = files.blocks([(path, 0, 100), (path, len(data) - 50, 150)])
+        assert next(blocks).tobytes() == data[:100]
+        with pytest.raises(EOFError, match="100 bytes early"):
+            next(blocks)
 
 
-def test_mapped_unmaps_and_drops_the_range_when_done(source, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, data = source
-    released: list[tuple[int, int]] = []
-    mappings = []
+@pytest.fixture
+def watched_maps(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every map the reader makes, in order."""
+    mappings: list = []
     real_map = file_ranges._map_populated
     monkeypatch.setattr(file_ranges, "_map_populated", lambda *a: mappings.append(real_map(*a)) or mappings[-1])
+    return mappings
+
+
+def test_the_next_block_is_read_while_this_one_is_used(
+    source, watched_maps: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One range read ahead, no more; each map is closed before its range is dropped from the cache."""
+    path, data = source
+    ranges = [(path, i * 100_000, 100_000) for i in range(6)]
+    released: list[tuple[int, int]] = []
     with file_ranges.SourceFiles() as files:
-        monkeypatch.setattr(files, "release", lambda p, offset, count: released.append((offset, count)))
-        with files.mapped(path, 100, 5000) as raw:
-            assert raw.tobytes() == data[100:5100]
+        real_release = files.release
+
+        def release(p: Path, offset: int, count: int) -> None:
+            assert watched_maps[offset // 100_000].closed, "unmapped before the range is dropped"
+            released.append((offset, count))
+            real_release(p, offset, count)
+
+        monkeypatch.setattr(files, "release", release)
+        i = -1
+        for raw in files.blocks(ranges):  # not enumerate(): its reused tuple would hold the view a step longer
+            i += 1
+            assert raw.tobytes() == data[i * 100_000 : (i + 1) * 100_000]
             del raw
-    assert released == [(100, 5000)]
-    assert len(mappings) == 1 and mappings[0].closed, "unmapped before the range is dropped"
+            if i + 1 < len(ranges):
+                _wait_for(lambda i=i: len(watched_maps) == i + 2)  # the next range is mapped meanwhile
+            time.sleep(0.02)
+            assert len(watched_maps) == min(i + 2, len(ranges)), "one range ahead, not more"
+            assert sum(not m.closed for m in watched_maps) <= 2
+    assert released == [(o, n) for _, o, n in ranges]
+    assert all(m.closed for m in watched_maps)
+
+
+def test_stopping_early_closes_the_block_read_ahead(
+    source, watched_maps: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = source
+    released: list[int] = []
+    with file_ranges.SourceFiles() as files:
+        real_release = files.release
+        monkeypatch.setattr(
+            files, "release", lambda p, offset, count: (released.append(offset), real_release(p, offset, count))
+        )
+        blocks = files.blocks([(path, i * 4096, 4096) for i in range(5)])
+        next(blocks)
+        _wait_for(lambda: len(watched_maps) == 2)
+        blocks.close()
+    assert len(watched_maps) == 2 and all(m.closed for m in watched_maps)
+    assert released == [0, 4096]
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
 
 
 @pytest.mark.parametrize("weights", ["bin", "safetensors"])
