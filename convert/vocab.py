@@ -61,13 +61,12 @@ def load_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
         ) from exc
 
     size = max(vocab_size, sp.vocab_size())
-    tokens = [f"[PAD{i}]".encode() for i in range(size)]
-    scores = [-1000.0] * size
-    types = [int(TokenType.UNUSED)] * size
-    for i in range(sp.vocab_size()):
-        tokens[i] = sp.IdToPiece(i).encode("utf-8")
-        scores[i] = sp.GetScore(i)
-        types[i] = int(_piece_type(sp, i))
+    ids = list(range(sp.vocab_size()))  # sentencepiece answers a list of ids in one call each
+    tokens = [piece.encode("utf-8") for piece in sp.IdToPiece(ids)]
+    tokens += [f"[PAD{i}]".encode() for i in range(len(ids), size)]
+    scores = sp.GetScore(ids) + [-1000.0] * (size - len(ids))
+    kinds = zip(sp.IsUnknown(ids), sp.IsControl(ids), sp.IsUnused(ids), sp.IsByte(ids))
+    types = [int(_piece_type(*kind)) for kind in kinds] + [int(TokenType.UNUSED)] * (size - len(ids))
 
     for token_id, text, special in _added_tokens(folder):
         if token_id >= size:
@@ -87,14 +86,14 @@ def load_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
     return Vocabulary(tokens, scores, types, special)
 
 
-def _piece_type(sp: SentencePieceProcessor, i: int) -> TokenType:
-    if sp.IsUnknown(i):
+def _piece_type(unknown: bool, control: bool, unused: bool, byte: bool) -> TokenType:
+    if unknown:
         return TokenType.UNKNOWN
-    if sp.IsControl(i):
+    if control:
         return TokenType.CONTROL
-    if sp.IsUnused(i):
+    if unused:
         return TokenType.UNUSED
-    if sp.IsByte(i):
+    if byte:
         return TokenType.BYTE
     return TokenType.NORMAL
 
