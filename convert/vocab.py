@@ -65,7 +65,7 @@ def load_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
     tokens = [piece.encode("utf-8") for piece in sp.IdToPiece(ids)]
     tokens += [f"[PAD{i}]".encode() for i in range(len(ids), size)]
     scores = sp.GetScore(ids) + [-1000.0] * (size - len(ids))
-    kinds = zip(sp.IsUnknown(ids), sp.IsControl(ids), sp.IsUnused(ids), sp.IsByte(ids))
+    kinds = zip(sp.IsUnknown(ids), sp.IsControl(ids), sp.IsUnused(ids), sp.IsByte(ids), strict=True)
     types = [int(_piece_type(*kind)) for kind in kinds] + [int(TokenType.UNUSED)] * (size - len(ids))
 
     for token_id, text, special in _added_tokens(folder):
