@@ -273,9 +273,9 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
           f"median {ratio:.2f}×")
     print(f"  against the fastest of every copy method before or after: {', '.join(f'{r:.2f}×' for r in strict)}; "
           f"median {statistics.median(strict):.2f}×")
-    convert_median = statistics.median(s for s, _ in converts)
-    print(f"  median convert / median floor: {convert_median / statistics.median(samples[method]):.2f}× "
-          f"({convert_median:.1f} s / {statistics.median(samples[method]):.1f} s)")
+    convert_median, floor_median = statistics.median(s for s, _ in converts), statistics.median(samples[method])
+    print(f"  median convert / median floor: {convert_median / floor_median:.2f}× "
+          f"({convert_median:.1f} s / {floor_median:.1f} s)")
     middle = min(sets[-3][method], sets[-2][method])
     print(f"quantize's intermediate / the floor before or after it: {intermediate_s / middle:.2f}×")
     print(f"targets: convert ≤ 1.10× the floor (median round): {'met' if ratio <= 1.10 else 'NOT met'}; "

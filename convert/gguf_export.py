@@ -62,6 +62,11 @@ class PlannedTensor:
         return _nbytes(self.shape, self.ggml_type)
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes of one source row (first axis), as the checkpoint stores it."""
+        return math.prod(self.shape[1:]) * NUMPY_STORAGE[self.source.dtype].itemsize
+
+    @property
     def head_rows(self) -> int:
         """Rows per attention head of a q/k tensor whose rows are reordered; 0 for every other tensor."""
         return self.shape[0] // self.permute_heads if self.permute_heads else 0
@@ -240,8 +245,7 @@ def _write_tensor(
 
 def _row_steps(t: PlannedTensor) -> list[tuple[int, int]]:
     """(first row, row count) of each block of at most CHUNK_BYTES of source, whole heads for q/k."""
-    row_bytes = math.prod(t.shape[1:]) * NUMPY_STORAGE[t.source.dtype].itemsize
-    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    step = max(1, CHUNK_BYTES // max(t.row_bytes, 1))
     if t.head_rows:
         step = max(t.head_rows, step - step % t.head_rows)
     return [(start, min(step, t.shape[0] - start)) for start in range(0, t.shape[0], step)]
@@ -251,8 +255,8 @@ def _source_ranges(t: PlannedTensor) -> list[Range]:
     """The shard bytes of each of the tensor's blocks; none for a strided tensor, which the memory map serves."""
     if t.source.offset is None:
         return []
-    row_bytes = math.prod(t.shape[1:]) * NUMPY_STORAGE[t.source.dtype].itemsize
-    return [(t.source.file, t.source.offset + start * row_bytes, count * row_bytes) for start, count in _row_steps(t)]
+    offset, row = t.source.offset, t.row_bytes
+    return [(t.source.file, offset + start * row, count * row) for start, count in _row_steps(t)]
 
 
 def _row_blocks(t: PlannedTensor, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -369,6 +373,7 @@ def _check_shape(source: SourceTensor, name: str, hp: HyperParameters) -> None:
     expected = _expected_shape(name, hp)
     if expected is not None and source.shape != expected:
         raise CheckpointError(
-            f"{source.file}: tensor {source.name} has shape {list(source.shape)}, config.json implies {list(expected)}",
+            f"{source.file}: tensor {source.name} has shape {list(source.shape)}, "
+            f"config.json implies {list(expected)}",
             fix="use the config.json that belongs to these weights",
         )
