@@ -1,14 +1,15 @@
 """Converter benchmark: copy floor vs `convert` (F16), peak memory, and quantize vs llama.cpp's quantizer.
 
 Builds (or reuses) a Synatra-7B-shaped fp16 PyTorch checkpoint with random weights in 2 shards, then in one run:
-  1. the floor: the same bytes copied by the kernel four ways, each from a cold cache where the kernel allows it:
-     plain (copy_file_range in 1 GiB calls, one fsync at the end, as `cp` does), and streamed in 64 MiB steps,
-     each step handed to the disk at once with sync_file_range and both sides dropped from the page cache a window
-     later, one fsync at the end, each step moved by copy_file_range, or by mapping the source range with
-     MAP_POPULATE and one pwrite, the next step mapped meanwhile on a second thread or not. All four run before
-     the first convert and after the last step; in between, after every step, those within 1.3× of the fastest
-     at the start (here the two mapped copies; the others took 1.5–3×). The floor is the method with the lowest
-     median;
+  1. the floor: the same bytes copied six ways, each from a cold cache where the kernel allows it: plain
+     (copy_file_range in 1 GiB calls, one fsync at the end, as `cp` does); streamed in 64 MiB steps, each step
+     handed to the disk at once with sync_file_range and both sides dropped from the page cache a window later, one
+     fsync at the end, each step moved by copy_file_range, or by mapping the source range with MAP_POPULATE and one
+     pwrite, the next step mapped meanwhile on a second thread or not; and written with O_DIRECT (where the
+     filesystem takes it) from aligned staging buffers, 4 writes in flight, the source mapped a step ahead or read
+     with O_DIRECT too (the same I/O as `convert` now does, minus the conversion). All run before the first
+     convert and after the last step; in between, after every step, those within 1.3× of the fastest at the start.
+     The floor is the method with the lowest median;
   2. `synatra-local convert --outtype f16` in a child process, `--rounds` times alternated with the floors (this
      disk's speed drifts by 2× within minutes): wall time and peak anonymous memory; each round's ratio is convert
      over the faster of the floor's copies just before and just after it, and the median of those ratios is the
@@ -40,6 +41,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import drop_caches, machine, run_measured  # noqa: E402
@@ -101,11 +104,96 @@ def streamed_floor(files: list[Path], target: Path, how: str, step: int = 64 * M
     return seconds
 
 
-def _map_step(src: int, offset: int, count: int) -> tuple[mmap.mmap, int]:
+def _pwrite_whole(fd: int, data: np.ndarray, offset: int) -> None:
+    if os.pwrite(fd, data, offset) != len(data):
+        raise OSError(f"short write at {offset}")
+
+
+def _read_direct(src: int, buffers: list[memoryview], offset: int, count: int, i: int) -> tuple[memoryview, int]:
+    """A source step read with O_DIRECT into aligned buffer `i` (of 3, in turn): the aligned range around it is read,
+    and where in the buffer the step starts."""
+    aligned = offset - offset % 4096
+    span = count + offset - aligned
+    if os.preadv(src, [buffers[i % len(buffers)][: span + -span % 4096]], aligned) < span:
+        raise EOFError(f"fd {src} ended early")
+    return buffers[i % len(buffers)], offset - aligned
+
+
+def _map_step(src: int, offset: int, count: int, _i: int = 0) -> tuple[mmap.mmap, int]:
     """A source step mapped and read in (MAP_POPULATE), and where in the map it starts."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
     return mmap.mmap(src, count + offset - start, flags=flags, prot=mmap.PROT_READ, offset=start), offset - start
+
+
+def direct_floor(
+    files: list[Path], target: Path, how: str, step: int = 64 * MIB, staging: int = 16 * MIB, buffers: int = 8,
+    writers: int = 4,
+) -> float:
+    """Seconds to copy `files` into one file written with O_DIRECT, plus one fsync; then removed. The source is read
+    a step ahead on a second thread, either mapped with MAP_POPULATE (and dropped from the page cache once copied)
+    or read with O_DIRECT into aligned buffers (`O_DIRECT both sides`); each step is copied into `buffers` aligned
+    staging buffers in turn (the output's offsets never share the source's place in a block), and a full buffer is
+    written on one of `writers` threads while the next ones fill. The last block is written padded and the file cut
+    to its length."""
+    block = 4096
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    stages = [np.frombuffer(mmap.mmap(-1, staging, flags=private), np.uint8) for _ in range(buffers)]
+    reads = [memoryview(mmap.mmap(-1, step + block)) for _ in range(3)] if how == "O_DIRECT both sides" else []
+    pending: list = [None] * buffers
+    current, fill, base = 0, 0, 0
+    start = time.perf_counter()
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(writers) as writer:
+
+        def flush(count: int) -> None:
+            nonlocal current, fill, base
+            pending[current] = writer.submit(_pwrite_whole, out, stages[current][:count], base)
+            base, fill, current = base + count, 0, (current + 1) % buffers
+            if pending[current] is not None:
+                pending[current].result()
+
+        for path in files:
+            size = path.stat().st_size
+            steps = [(offset, min(step, size - offset)) for offset in range(0, size, step)]
+            src = os.open(path, os.O_RDONLY | (os.O_DIRECT if reads else 0))
+            if not reads:
+                os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            read = functools.partial(_read_direct, src, reads) if reads else functools.partial(_map_step, src)
+            ahead = reader.submit(read, *steps[0], 0)
+            for i, (offset, n) in enumerate(steps):
+                source, skip = ahead.result()
+                if i + 1 < len(steps):
+                    ahead = reader.submit(read, *steps[i + 1], i + 1)
+                view = np.frombuffer(source, np.uint8)  # numpy copies without holding the GIL; memoryview does not
+                done = 0
+                while done < n:
+                    k = min(n - done, staging - fill)
+                    stages[current][fill : fill + k] = view[skip + done : skip + done + k]
+                    fill, done = fill + k, done + k
+                    if fill == staging:
+                        flush(fill)
+                del view
+                if not reads:
+                    source.close()
+                    os.posix_fadvise(src, offset, n, os.POSIX_FADV_DONTNEED)
+            os.close(src)
+        end = base + fill
+        whole = fill + -fill % block
+        stages[current][fill:whole] = 0
+        flush(whole)
+        for future in pending:
+            if future is not None:
+                future.result()
+    os.ftruncate(out, end)
+    os.fsync(out)
+    os.close(out)
+    seconds = time.perf_counter() - start
+    target.unlink()
+    return seconds
+
+
+DIRECT = ("mapped source, O_DIRECT out", "O_DIRECT both sides")
 
 
 PLAIN = "plain copy_file_range + fsync"
@@ -117,12 +205,32 @@ def floor_set(files: list[Path], out: Path, methods: list[str] | None = None) ->
     copies: dict[str, Callable[[list[Path], Path], float]] = {PLAIN: copy_floor}
     if sys.platform.startswith("linux"):  # sync_file_range and the rest of the streamed copies
         copies |= {f"streamed {how}": functools.partial(streamed_floor, how=how) for how in STREAMED}
+        if _accepts_direct(out):
+            copies |= {how: functools.partial(direct_floor, how=how) for how in DIRECT}
     times = {}
     for how, copy in copies.items():
         if methods is None or how in methods:
             drop_caches()
             times[how] = copy(files, out / "copy.bin")
     return times
+
+
+def _accepts_direct(folder: Path) -> bool:
+    """Whether files in `folder` can be written with O_DIRECT (tmpfs and some others refuse it)."""
+    probe = folder / "direct.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    try:
+        with mmap.mmap(-1, 4096) as page:
+            os.pwrite(fd, page, 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 def copy_floor(files: list[Path], target: Path) -> float:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -24,10 +22,11 @@ from synatra_local.core.model_meta import (
 from synatra_local.core.progress import Progress, SilentProgress
 
 from .checkpoint import Checkpoint, HyperParameters
-from .file_ranges import Range, SourceFiles, WriteBehind, write_array
+from .file_ranges import Range, SourceFiles
 from .gguf_writer import GGUFWriter
 from .naming import model_display_name
 from .prompt_format import resolve_prompt_format
+from .staged_output import StagedOutput
 from .tensors import NUMPY_STORAGE, SourceTensor, bf16_bits_to_f32, f32_to_bf16_bits
 from .vocab import Vocabulary, load_vocabulary
 
@@ -132,34 +131,35 @@ def write_gguf(
     progress = progress or SilentProgress()
     outtype = resolve_outtype(outtype, checkpoint)
     plan = plan_tensors(checkpoint, outtype)
-    vocab = load_vocabulary(checkpoint.folder, checkpoint.hparams.vocab_size)
-    fmt = resolve_prompt_format(checkpoint, vocab.special.chat_template, prompt_format)
-    if fmt not in PROMPT_FORMATS:
-        raise SynatraError(f"unknown prompt format {fmt!r}", fix=f"choose one of {', '.join(PROMPT_FORMATS)}")
-    data_bytes = sum(t.nbytes for t in plan)
     output = Path(output)
+    data_bytes = sum(t.nbytes for t in plan)
     ensure_free_space(output.parent, data_bytes + (64 << 20), what=output.name)
-    with atomic_output(output, force=force) as partial:
-        writer = GGUFWriter(partial, "llama")
-        _add_metadata(writer, checkpoint, vocab, outtype, fmt)
-        for t in plan:
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
-        writer.write_header_to_file(partial)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        progress.start(f"convert → {output.name}", data_bytes)
-        assert writer.fout is not None
-        behind = WriteBehind(writer.fout[0].fileno())
-        ranges = (where for t in plan for where in _source_ranges(t))
-        with SourceFiles() as files, closing(files.blocks(ranges)) as blocks:
+    ranges = [where for t in plan for where in _source_ranges(t)]
+    with SourceFiles() as files:
+        files.prefetch(ranges)
+        vocab = load_vocabulary(checkpoint.folder, checkpoint.hparams.vocab_size)
+        fmt = resolve_prompt_format(checkpoint, vocab.special.chat_template, prompt_format)
+        if fmt not in PROMPT_FORMATS:
+            raise SynatraError(f"unknown prompt format {fmt!r}", fix=f"choose one of {', '.join(PROMPT_FORMATS)}")
+        with atomic_output(output, force=force) as partial:
+            writer = GGUFWriter(partial, "llama")
+            _add_metadata(writer, checkpoint, vocab, outtype, fmt)
             for t in plan:
-                writer.write_tensor_data(_StreamedTensor(t, blocks, behind, progress))
-        for f in writer.fout:
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        writer.close()
-        progress.finish()
+                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
+            writer.write_header_to_file(partial)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            assert writer.fout is not None
+            header_bytes = writer.fout[0].tell()
+            writer.close()
+            progress.start(f"convert → {output.name}", data_bytes)
+            with StagedOutput(partial, header_bytes) as out, closing(files.blocks(ranges)) as blocks:
+                for t in plan:
+                    out.pad_to(writer.data_alignment)
+                    _write_tensor(t, out, blocks, progress)
+                out.pad_to(writer.data_alignment)
+                out.finish(durable=durable)
+            progress.finish()
     return output
 
 
@@ -203,44 +203,19 @@ def _add_metadata(
         writer.add_eot_token_id(im_end)
 
 
-class _StreamedTensor:
-    """Looks enough like an ndarray for GGUFWriter.write_tensor_data, but writes itself in chunks."""
-
-    def __init__(
-        self, planned: PlannedTensor, blocks: Iterator[np.ndarray], behind: WriteBehind, progress: Progress
-    ) -> None:
-        self.planned = planned
-        self.blocks = blocks
-        self.behind = behind
-        self.progress = progress
-        self.nbytes = planned.nbytes
-        self.shape = planned.shape
-
-    def tofile(self, fout: BinaryIO) -> None:
-        _write_tensor(self.planned, fout, self.blocks, self.behind, self.progress)
-
-
-def _write_tensor(
-    t: PlannedTensor, fout: BinaryIO, blocks: Iterator[np.ndarray], behind: WriteBehind, progress: Progress
-) -> None:
-    """One tensor at the output's position, a row block at a time: read from the shard (the next block is read
-    meanwhile), converted where the type changes, written with one call (q/k rows gathered in llama.cpp's order)
-    and handed to the disk."""
-    fout.flush()
-    position = fout.tell()
+def _write_tensor(t: PlannedTensor, out: StagedOutput, blocks: Iterator[np.ndarray], progress: Progress) -> None:
+    """One tensor, a row block at a time: read from the shard (the next block is read meanwhile), converted where
+    the type changes and copied into the output's buffer (q/k rows put in llama.cpp's order by that copy)."""
     try:
         for block in _row_blocks(t, blocks):
             order = _interleaved_row_order(len(block), t.head_rows) if t.head_rows else None
-            position += write_array(fout.fileno(), block, position, order)
-            behind.written_to(position)
-            progress.advance(block.nbytes)
+            progress.advance(out.write(block, order))
             del block  # the next block's mapping replaces this one's
     except EOFError as exc:
         raise CheckpointError(
             f"{t.source.file}: tensor {t.source.name} is cut short ({exc})",
             fix="re-download this file; it may be truncated",
         ) from None
-    fout.seek(position)
 
 
 def _row_steps(t: PlannedTensor) -> list[tuple[int, int]]:

@@ -1,5 +1,6 @@
-"""convert/file_ranges.py: mapped blocks are the checkpoint's exact bytes, read one ahead and dropped behind; output is
-written back as it goes, with or without the kernel's help; the GGUF does not depend on which path moved a tensor."""
+"""convert/file_ranges.py: mapped blocks are the checkpoint's exact bytes, read one ahead and dropped behind; output
+written through the page cache is written back as it goes, with or without the kernel's help; the GGUF does not
+depend on which path moved a tensor."""
 
 from __future__ import annotations
 
@@ -308,54 +309,29 @@ def test_convert_streams_through_the_page_cache(tmp_path: Path, monkeypatch: pyt
     assert _resident_fraction(output, 0, size - 2 * window) < 0.2, "the output's written bytes left cached"
 
 
-def _write_array_to(path: Path, array: np.ndarray, offset: int, order: np.ndarray | None = None) -> int:
-    """`write_array` into `path` (created if absent); returns the bytes it says it wrote."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        return file_ranges.write_array(fd, array, offset, order)
-    finally:
+@linux_page_cache
+def test_prefetch_asks_for_the_first_bytes_of_the_ranges_only(tmp_path: Path) -> None:
+    """While the converter builds its header, the disk reads the first `limit` bytes of the ranges, no more."""
+    if not _page_cache_is_droppable(tmp_path):
+        pytest.skip(f"{tmp_path} is on tmpfs, whose pages cannot be dropped; run with --basetemp on a disk")
+    mib = 1 << 20
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    for path in (first, second):
+        path.write_bytes(np.random.default_rng(3).integers(0, 256, size=8 * mib, dtype=np.uint8).tobytes())
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
+        assert _resident_fraction(path) < 0.05
+    with file_ranges.SourceFiles() as files:
+        files.prefetch([(first, 2 * mib, 4 * mib), (second, 0, 8 * mib)], limit=6 * mib)
+    # the reads are asked for, not waited on: they land in the cache as the disk answers
+    _wait_for(lambda: min(_resident_fraction(first, 2 * mib, 6 * mib), _resident_fraction(second, 0, 2 * mib)) > 0.9)
+    assert _resident_fraction(second, 3 * mib, 8 * mib) < 0.3, "read beyond the limit"  # (kernel read-ahead aside)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda a: a,  # contiguous
-        lambda a: a.reshape(4, 2, 8, 48).swapaxes(1, 2),  # rows reordered: copied first
-        lambda a: a[:, ::2],  # strided within rows
-        lambda a: a.T,  # transposed
-    ],
-)
-def test_write_array_writes_any_view_in_c_order(tmp_path: Path, make) -> None:
-    view = make(np.arange(64 * 48, dtype=np.float16).reshape(64, 48))
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"H" * 10)
-    assert _write_array_to(target, view, 10) == view.nbytes
-    assert target.read_bytes() == b"H" * 10 + np.ascontiguousarray(view).tobytes()
-
-
-def test_write_array_gathers_rows_in_the_given_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """q/k rows interleaved per head: the rows of the mapped block written in llama.cpp's order, no copy."""
-    monkeypatch.setattr(file_ranges, "_IOV_MAX", 7)  # several gathering calls
-    block = np.arange(64 * 48, dtype=np.float16).reshape(64, 48)
-    order = gguf_export._interleaved_row_order(64, 16)
-    expected = block.reshape(4, 2, 8, 48).swapaxes(1, 2).reshape(64, 48)  # per head: row i of each half in turn
-    np.testing.assert_array_equal(block[order], expected)
-    target = tmp_path / "out.bin"
-    assert _write_array_to(target, block, 0, order) == block.nbytes
-    assert target.read_bytes() == expected.tobytes()
-
-
-def test_write_array_finishes_after_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pwritev may write less than asked (signals, quotas): the rest follows, mid-row included."""
-    real = os.pwritev
-
-    def short(fd: int, buffers: list[memoryview], offset: int) -> int:
-        return real(fd, [buffers[0][: max(1, len(buffers[0]) // 3)]], offset)
-
-    monkeypatch.setattr(os, "pwritev", short)
-    block = np.arange(32 * 10, dtype=np.float32).reshape(32, 10)
-    order = np.random.default_rng(2).permutation(32)
-    target = tmp_path / "out.bin"
-    assert _write_array_to(target, block, 0, order) == block.nbytes
-    assert target.read_bytes() == block[order].tobytes()
+def test_prefetch_of_a_missing_file_is_left_to_the_read_that_names_it(tmp_path: Path) -> None:
+    with file_ranges.SourceFiles() as files:
+        files.prefetch([(tmp_path / "absent.bin", 0, 100)])
+    with file_ranges.SourceFiles() as files, pytest.raises(FileNotFoundError, match="absent.bin"):
+        next(files.blocks([(tmp_path / "absent.bin", 0, 100)]))
