@@ -646,7 +646,9 @@ def test_screenshot_mid_reply_with_real_weights(driver: Any, smollm2_gguf: Path,
             wait_for(lambda: len(js(driver, streaming)) > 120, 180, "a good part of the second reply")
             picture = tmp_path / "web-chat.png"
             driver.save_screenshot(str(picture))
-            driver.find_element("id", "stop").click()
+            # the reply may end while the picture is taken (then Stop is hidden): stop it only if it still runs,
+            # decided inside the page, where nothing can change between the check and the click
+            driver.execute_script("const stop = document.getElementById('stop'); if (!stop.hidden) stop.click()")
             idle(driver)
             assert console_errors(driver) == []
     finally:
