@@ -10,17 +10,17 @@ Builds (or reuses) a Synatra-7B-shaped fp16 PyTorch checkpoint with random weigh
      with O_DIRECT too (the same I/O as `convert` now does, minus the conversion). All run before the first
      convert and after the last step; in between, after every step, those within 1.3× of the fastest at the start.
      The floor is the method with the lowest median;
-  2. `synatra-local convert --outtype f16` in a child process, `--rounds` times alternated with the floors (this
-     disk's speed drifts by 2× within minutes): wall time and peak anonymous memory; each round's ratio is convert
-     over the faster of the floor's copies just before and just after it, and the median of those ratios is the
-     figure (the same against the fastest of every method is printed too);
-  3. the same conversion as `quantize` writes its intermediate (no fsync; the file is deleted once quantized),
-     once, followed by the floors;
-  4. llama.cpp's own `convert_hf_to_gguf.py` (the pinned binding's source) to F16, when torch and
+  2. `synatra-local convert --outtype f16` in a child process, then the same conversion as `quantize` writes its
+     intermediate (no fsync; the file is deleted once quantized), each followed by the floors, `--rounds` times
+     (this disk's speed drifts by 2× within minutes): wall time and peak anonymous memory; each round's ratio is
+     the step over the faster of the floor's copies just before and just after it, and the median of those ratios
+     is the figure (for convert, the same against the fastest of every method is printed too);
+  3. llama.cpp's own `convert_hf_to_gguf.py` (the pinned binding's source) to F16, when torch and
      transformers are installed, as a second reference;
-  5. `quantize` to Q4_K_M and Q8_0 through our code, and Q4_K_M through llama.cpp's quantizer called
+  4. `quantize` to Q4_K_M and Q8_0 through our code, and Q4_K_M through llama.cpp's quantizer called
      directly (`llama_model_quantize` with the same threads), as the reference.
-Targets: convert ≤ 1.10× the floor, peak anonymous memory ≤ 512 MiB, quantize ≈ llama.cpp's own speed.
+Targets: convert and the intermediate ≤ 1.10× the floor, peak anonymous memory ≤ 512 MiB, quantize ≈ llama.cpp's
+own speed.
 Usage: python benchmarks/bench_convert.py [--shape 7b|tiny] [--weights bin|safetensors] [--work DIR] [--threads N]
                                           [--rounds N] [--no-quantize]
 Everything it writes under --work/out is removed at the end (the checkpoint is kept for the next run).
@@ -57,6 +57,8 @@ INTERMEDIATE = (
 )
 
 
+CONVERT = "convert → F16 GGUF"
+INTERMEDIATE_STEP = "quantize intermediate → F16 (no fsync)"
 STREAMED = ("copy_file_range", "mmap+pwrite", "mmap+pwrite, read ahead")  # how a streamed floor moves a step
 
 
@@ -318,18 +320,16 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
     cli = [sys.executable, "-m", "synatra_local"]
     f16 = out / "model-F16.gguf"
     convert_argv = cli + ["convert", str(folder), "-o", str(f16), "--outtype", "f16", "--quiet"]
-    converts: list[tuple[float, int]] = []
-    for _ in range(args.rounds):
-        f16.unlink(missing_ok=True)  # outside the timing, as the floors remove their copies outside theirs
-        drop_caches()
-        converts.append(run_measured(convert_argv))
-        sets.append(floor_set(shards, out, contenders))
     intermediate = out / "intermediate-F16.gguf"
-    drop_caches()
     intermediate_argv = [sys.executable, "-c", INTERMEDIATE, str(folder), str(intermediate)]
-    intermediate_s, intermediate_peak = run_measured(intermediate_argv)
+    steps: list[tuple[str, float, int]] = []  # (name, seconds, peak anon), each followed by a floor set
+    for _ in range(args.rounds):
+        for name, argv, target in ((CONVERT, convert_argv, f16), (INTERMEDIATE_STEP, intermediate_argv, intermediate)):
+            target.unlink(missing_ok=True)  # outside the timing, as the floors remove their copies outside theirs
+            drop_caches()
+            steps.append((name, *run_measured(argv)))
+            sets.append(floor_set(shards, out, contenders))
     intermediate.unlink()
-    sets.append(floor_set(shards, out, contenders))
     if not args.no_quantize:
         quantize_report(args, cli, f16, out)
     f16.unlink()
@@ -347,7 +347,7 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
     in_every_set = [how for how in samples if len(samples[how]) == len(sets)]
     method = min(in_every_set, key=lambda how: statistics.median(samples[how]))
     floor = min(samples[method])
-    convert_peak = max(peak for _, peak in converts)
+    convert_peak = max(peak for name, _, peak in steps if name == CONVERT)
 
     def floor_rows(times: dict[str, float]) -> None:
         for how, seconds in times.items():
@@ -356,15 +356,21 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
     def step_row(name: str, seconds: float, peak: int) -> None:
         print(f"{name:<44}{seconds:>9.1f}{seconds / floor:>9.2f}{peak / MIB:>15.0f}")
 
+    def per_round(name: str, against: Callable[[dict[str, float]], float]) -> list[float]:
+        """Each `name` step's time over the floor just before or after it (sets[i] is before step i)."""
+        return [seconds / min(against(sets[i]), against(sets[i + 1]))
+                for i, (step, seconds, _) in enumerate(steps) if step == name]
+
+    def ratios(label: str, values: list[float]) -> str:
+        return f"{label}: {', '.join(f'{r:.2f}×' for r in values)}; median {statistics.median(values):.2f}×"
+
     print(f"\nmachine: {machine()}; shape {args.shape}; cache {'cold' if cold else 'warm (cannot drop caches)'}")
     print(f"checkpoint: {len(shards)} {args.weights} shards, {size / 1e9:.2f} GB fp16")
     print(f"{'step (in the order run)':<44}{'seconds':>9}{'ratio':>9}{'peak anon MiB':>15}")
     floor_rows(sets[0])
-    for (seconds, peak), after in zip(converts, sets[1:], strict=False):
-        step_row("convert → F16 GGUF", seconds, peak)
+    for step, after in zip(steps, sets[1:], strict=False):
+        step_row(*step)
         floor_rows(after)
-    step_row("quantize intermediate → F16 (no fsync)", intermediate_s, intermediate_peak)
-    floor_rows(sets[-2])
     if isinstance(llama, tuple):
         step_row("llama.cpp convert_hf_to_gguf.py → F16", *llama)
         floor_rows(sets[-1])
@@ -373,21 +379,21 @@ def report(args: argparse.Namespace, folder: Path, shards: list[Path], size: int
     medians = ", ".join(f"{how} {statistics.median(v):.1f} s" for how, v in samples.items())
     print(f"median per copy method: {medians}; the floor: {method}")
 
-    rounds = list(zip(converts, zip(sets, sets[1:], strict=False), strict=False))
-    per_round = [s / min(b[method], a[method]) for (s, _), (b, a) in rounds]
-    strict = [s / min(*b.values(), *a.values()) for (s, _), (b, a) in rounds]
-    ratio = statistics.median(per_round)
-    print(f"convert / the floor before or after it, per round: {', '.join(f'{r:.2f}×' for r in per_round)}; "
-          f"median {ratio:.2f}×")
-    print(f"  against the fastest of every copy method before or after: {', '.join(f'{r:.2f}×' for r in strict)}; "
-          f"median {statistics.median(strict):.2f}×")
-    convert_median, floor_median = statistics.median(s for s, _ in converts), statistics.median(samples[method])
+    converts = per_round(CONVERT, lambda times: times[method])
+    intermediates = per_round(INTERMEDIATE_STEP, lambda times: times[method])
+    print(ratios("convert / the floor before or after it, per round", converts))
+    fastest_each = per_round(CONVERT, lambda times: min(times.values()))
+    print(ratios("  against the fastest of every copy method before or after", fastest_each))
+    convert_median = statistics.median(seconds for name, seconds, _ in steps if name == CONVERT)
+    floor_median = statistics.median(samples[method])
     print(f"  median convert / median floor: {convert_median / floor_median:.2f}× "
           f"({convert_median:.1f} s / {floor_median:.1f} s)")
-    middle = min(sets[-3][method], sets[-2][method])
-    print(f"quantize's intermediate / the floor before or after it: {intermediate_s / middle:.2f}×")
-    print(f"targets: convert ≤ 1.10× the floor (median round): {'met' if ratio <= 1.10 else 'NOT met'}; "
-          f"peak ≤ 512 MiB: {'met' if convert_peak <= 512 * MIB else 'NOT met'}")
+    print(ratios("quantize's intermediate / the floor before or after it, per round", intermediates))
+    met = {"convert": statistics.median(converts) <= 1.10, "intermediate": statistics.median(intermediates) <= 1.10,
+           "peak": convert_peak <= 512 * MIB}
+    print(f"targets: convert ≤ 1.10× the floor (median round): {'met' if met['convert'] else 'NOT met'}; "
+          f"the intermediate the same: {'met' if met['intermediate'] else 'NOT met'}; "
+          f"peak ≤ 512 MiB: {'met' if met['peak'] else 'NOT met'}")
 
 
 def quantize_report(args: argparse.Namespace, cli: list[str], f16: Path, out: Path) -> None:
