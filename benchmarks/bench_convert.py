@@ -204,10 +204,12 @@ CONTENDER = 1.3  # a copy method this much slower than the fastest at the start 
 
 def floor_set(files: list[Path], out: Path, methods: list[str] | None = None) -> dict[str, float]:
     """Seconds per copy method (all of them unless `methods` names some), each from a cold cache."""
+    from synatra_local.convert.staged_output import accepts_direct
+
     copies: dict[str, Callable[[list[Path], Path], float]] = {PLAIN: copy_floor}
     if sys.platform.startswith("linux"):  # sync_file_range and the rest of the streamed copies
         copies |= {f"streamed {how}": functools.partial(streamed_floor, how=how) for how in STREAMED}
-        if _accepts_direct(out):
+        if accepts_direct(out):
             copies |= {how: functools.partial(direct_floor, how=how) for how in DIRECT}
     times = {}
     for how, copy in copies.items():
@@ -215,24 +217,6 @@ def floor_set(files: list[Path], out: Path, methods: list[str] | None = None) ->
             drop_caches()
             times[how] = copy(files, out / "copy.bin")
     return times
-
-
-def _accepts_direct(folder: Path) -> bool:
-    """Whether files in `folder` can be written with O_DIRECT (tmpfs and some others refuse it)."""
-    probe = folder / "direct.probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
-    except OSError:
-        return False
-    try:
-        with mmap.mmap(-1, 4096) as page:
-            os.pwrite(fd, page, 0)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-        probe.unlink()
 
 
 def copy_floor(files: list[Path], target: Path) -> float:

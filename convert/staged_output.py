@@ -191,3 +191,24 @@ def _open_direct(path: Path) -> int | None:
         if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
             return None
         raise
+
+
+def accepts_direct(folder: Path) -> bool:
+    """Whether a file in `folder` can be written with O_DIRECT, asked by writing one block to a probe file (for the
+    benchmark's floor and the tests, which compare what `StagedOutput` chose against the filesystem's answer)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    probe = folder / ".direct-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    try:
+        with mmap.mmap(-1, ALIGN) as block:  # page-aligned memory, as O_DIRECT wants
+            os.pwrite(fd, block, 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()

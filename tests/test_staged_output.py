@@ -5,7 +5,6 @@ write is raised, never lost."""
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from synatra_local.convert import gguf_export, staged_output
 from synatra_local.convert.api import convert
-from synatra_local.convert.staged_output import ALIGN, StagedOutput
+from synatra_local.convert.staged_output import ALIGN, StagedOutput, accepts_direct
 from synatra_local.convert.tiny import build_checkpoint
 
 HEADER = bytes(range(256)) * 23 + b"tail"  # 5892 bytes: ends mid-block
@@ -24,26 +23,6 @@ def _file_with_header(tmp_path: Path, header: bytes = HEADER) -> Path:
     path = tmp_path / "out.bin"
     path.write_bytes(header)
     return path
-
-
-def _accepts_direct(folder: Path) -> bool:
-    """Asked of the filesystem directly: can a file here be written with O_DIRECT?"""
-    if not hasattr(os, "O_DIRECT"):
-        return False
-    probe = folder / "probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
-    except OSError:
-        return False
-    try:
-        with mmap.mmap(-1, ALIGN) as block:
-            os.pwrite(fd, block, 0)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-        probe.unlink()
 
 
 def _pieces(rng: np.random.Generator) -> list[np.ndarray]:
@@ -95,7 +74,7 @@ def test_written_with_o_direct_where_the_filesystem_takes_it(tmp_path: Path) -> 
     with StagedOutput(path, len(HEADER), size=ALIGN) as out:
         out.write(np.ones(5 * ALIGN, np.uint8))
         out.finish()
-        assert out.direct == _accepts_direct(tmp_path)
+        assert out.direct == accepts_direct(tmp_path)
     assert path.read_bytes() == HEADER + b"\x01" * 5 * ALIGN
 
 
